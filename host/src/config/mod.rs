@@ -1,0 +1,403 @@
+//! The configuration file: TOML in, a checked [`Config`] out, with every problem reported at once.
+//!
+//! The file is parsed into a JSON value tree first and then read field by field (see [`fields`]), so a
+//! wrong type in one field does not hide an unknown key in another. Each field's meaning and default is
+//! documented here, on the struct that holds it, and repeated in `config/default.toml`.
+
+pub mod fields;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::channel::Channel;
+use fields::{FieldError, FieldErrors, Fields};
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub upstream: Upstream,
+    pub log: Log,
+    /// The channels loaded at start.
+    pub channels: Vec<Channel>,
+}
+
+/// `[server]`: where Mediary listens and how many workers serve.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Address the proxy (and API) listen on. Default `0.0.0.0`.
+    pub bind: IpAddr,
+    /// Port of the HTTP proxy. Default 5001, as OpenHIM. 0 picks a free port (for tests).
+    pub http_port: u16,
+    /// Port of the management API. Default 8080, as OpenHIM.
+    pub api_port: u16,
+    /// How many worker threads serve the proxy. Default `auto`: one per core.
+    pub workers: Workers,
+}
+
+/// A worker count: a number, or `auto` for one per available core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Count(NonZeroUsize),
+}
+
+impl Workers {
+    /// The number of workers to start.
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Auto => num_cpus(),
+            Workers::Count(n) => n.get(),
+        }
+    }
+}
+
+/// The cores this process may run on.
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+impl FromStr for Workers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        s.parse::<NonZeroUsize>()
+            .map(Workers::Count)
+            .map_err(|_| format!("`{s}` is not a positive number of workers or \"auto\""))
+    }
+}
+
+impl fmt::Display for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workers::Auto => f.write_str("auto"),
+            Workers::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// `[timeouts]`: every wait Mediary makes is bounded.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Opening a TCP (and TLS) connection to an upstream. Default 5 s; past it the client gets 502.
+    pub upstream_connect: Duration,
+    /// Waiting for an upstream's response (head, then each body read). Default 60 s like OpenHIM's
+    /// router timeout; a channel's `timeout` (ms) overrides it. Past it the client gets 504.
+    pub upstream_response: Duration,
+    /// A client must send a whole request head within this time of its first byte. Default 10 s.
+    pub client_header_read: Duration,
+    /// A client must send its whole request body within this time. Default 60 s; past it, 408.
+    pub client_body_read: Duration,
+    /// An idle keep-alive connection is closed after this long. Default 60 s.
+    pub idle_keep_alive: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish. Default 30 s.
+    pub shutdown_drain: Duration,
+}
+
+/// `[limits]`: the most a client may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line and headers). Default 64 KiB; over it, 431.
+    pub max_request_head: usize,
+    /// Most request headers. Default 100; over it, 431.
+    pub max_request_headers: usize,
+    /// Largest request body. Default 16 MiB; over it, 413. A channel's `maxBodySize` overrides it.
+    pub max_request_body: u64,
+}
+
+/// `[upstream]`: the connection pools to upstream services (one pool per worker).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Idle keep-alive connections kept per upstream host, per worker. Default 256.
+    pub max_idle_per_host: usize,
+    /// An idle pooled connection is closed after this long. Default 90 s.
+    pub pool_idle_timeout: Duration,
+}
+
+/// `[log]`: what Mediary logs.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// Filter in `tracing` syntax, e.g. `info` or `mediary=debug,info`. Default `info`. The `RUST_LOG`
+    /// environment variable, when set, wins.
+    pub level: String,
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {}: {e}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |reason: String| ConfigError {
+            file: path.to_owned(),
+            errors: vec![FieldError {
+                path: "(file)".into(),
+                reason,
+            }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        Config::parse(&text).map_err(|errors| ConfigError {
+            file: path.to_owned(),
+            errors,
+        })
+    }
+
+    /// Checks a configuration given as TOML text.
+    pub fn parse(text: &str) -> Result<Config, Vec<FieldError>> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].lines().count().max(1);
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "(syntax)".into());
+            vec![FieldError {
+                path: at,
+                reason: format!("not valid TOML: {}", e.message()),
+            }]
+        })?;
+        let value = serde_json::to_value(table).map_err(|e| {
+            vec![FieldError {
+                path: "(document)".into(),
+                reason: e.to_string(),
+            }]
+        })?;
+        Config::from_value(&value)
+    }
+
+    /// Checks a configuration given as a value tree.
+    pub fn from_value(value: &Value) -> Result<Config, Vec<FieldError>> {
+        let mut errors = FieldErrors::default();
+        let empty = Value::Object(Default::default());
+        let mut root = Fields::new("", value, &mut errors);
+        let server = root.raw("server").unwrap_or(&empty);
+        let timeouts = root.raw("timeouts").unwrap_or(&empty);
+        let limits = root.raw("limits").unwrap_or(&empty);
+        let upstream = root.raw("upstream").unwrap_or(&empty);
+        let log = root.raw("log").unwrap_or(&empty);
+        let channels = root.raw("channels");
+        root.finish();
+
+        let server = parse_server(server, &mut errors);
+        let timeouts = parse_timeouts(timeouts, &mut errors);
+        let limits = parse_limits(limits, &mut errors);
+        let upstream = parse_upstream(upstream, &mut errors);
+        let log = parse_log(log, &mut errors);
+        let channels = parse_channels(channels, &mut errors);
+
+        if errors.is_empty() {
+            Ok(Config {
+                server,
+                timeouts,
+                limits,
+                upstream,
+                log,
+                channels,
+            })
+        } else {
+            Err(errors.0)
+        }
+    }
+}
+
+fn parse_server(value: &Value, errors: &mut FieldErrors) -> Server {
+    let mut f = Fields::new("server", value, errors);
+    let bind = f
+        .parsed("bind", |s: String| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("`{s}` is not an IP address"))
+        })
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let http_port = f.optional("http_port").unwrap_or(5001);
+    let api_port = f.optional("api_port").unwrap_or(8080);
+    let workers = f
+        .parsed("workers", |v: Value| match v {
+            Value::String(s) => s.parse(),
+            Value::Number(n) => n.to_string().parse(),
+            other => Err(format!(
+                "expected a number or \"auto\", found {}",
+                fields::kind(&other)
+            )),
+        })
+        .unwrap_or(Workers::Auto);
+    f.finish();
+    Server {
+        bind,
+        http_port,
+        api_port,
+        workers,
+    }
+}
+
+fn parse_timeouts(value: &Value, errors: &mut FieldErrors) -> Timeouts {
+    let mut f = Fields::new("timeouts", value, errors);
+    let t = Timeouts {
+        upstream_connect: f.duration("upstream_connect", Duration::from_secs(5)),
+        upstream_response: f.duration("upstream_response", Duration::from_secs(60)),
+        client_header_read: f.duration("client_header_read", Duration::from_secs(10)),
+        client_body_read: f.duration("client_body_read", Duration::from_secs(60)),
+        idle_keep_alive: f.duration("idle_keep_alive", Duration::from_secs(60)),
+        shutdown_drain: f.duration("shutdown_drain", Duration::from_secs(30)),
+    };
+    f.finish();
+    t
+}
+
+fn parse_limits(value: &Value, errors: &mut FieldErrors) -> Limits {
+    let mut f = Fields::new("limits", value, errors);
+    let max_request_head = f.size("max_request_head", 64 * 1024);
+    if max_request_head < 8192 {
+        f.error("max_request_head", "must be at least 8KiB");
+    }
+    let max_request_headers = f
+        .parsed("max_request_headers", |n: usize| {
+            if (1..=10_000).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!("{n} is out of range (1-10000)"))
+            }
+        })
+        .unwrap_or(100);
+    let limits = Limits {
+        max_request_head: usize::try_from(max_request_head).unwrap_or(usize::MAX),
+        max_request_headers,
+        max_request_body: f.size("max_request_body", 16 * 1024 * 1024),
+    };
+    f.finish();
+    limits
+}
+
+fn parse_upstream(value: &Value, errors: &mut FieldErrors) -> Upstream {
+    let mut f = Fields::new("upstream", value, errors);
+    let u = Upstream {
+        max_idle_per_host: f.optional("max_idle_per_host").unwrap_or(256),
+        pool_idle_timeout: f.duration("pool_idle_timeout", Duration::from_secs(90)),
+    };
+    f.finish();
+    u
+}
+
+fn parse_log(value: &Value, errors: &mut FieldErrors) -> Log {
+    let mut f = Fields::new("log", value, errors);
+    let level = f
+        .parsed("level", |s: String| {
+            tracing_subscriber::EnvFilter::try_new(&s)
+                .map(|_| s.clone())
+                .map_err(|e| format!("`{s}` is not a log filter: {e}"))
+        })
+        .unwrap_or_else(|| "info".into());
+    f.finish();
+    Log { level }
+}
+
+fn parse_channels(value: Option<&Value>, errors: &mut FieldErrors) -> Vec<Channel> {
+    let items = match value {
+        None => return Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            errors.push(
+                "channels",
+                format!(
+                    "expected an array of channels ([[channels]]), found {}",
+                    fields::kind(other)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let channels: Vec<Channel> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| Channel::parse(format!("channels[{i}]"), v, errors))
+        .collect();
+    for (i, c) in channels.iter().enumerate() {
+        if channels[..i].iter().any(|o| o.name == c.name) {
+            errors.push(
+                "channels",
+                format!("two channels are named `{}`; names must be unique", c.name),
+            );
+        }
+    }
+    channels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let c = Config::parse("").expect("valid");
+        assert_eq!(c.server.http_port, 5001);
+        assert_eq!(c.server.api_port, 8080);
+        assert_eq!(c.server.workers, Workers::Auto);
+        assert_eq!(c.timeouts.upstream_response, Duration::from_secs(60));
+        assert_eq!(c.limits.max_request_head, 65536);
+        assert_eq!(c.limits.max_request_body, 16 << 20);
+    }
+
+    #[test]
+    fn every_section_reports_its_errors() {
+        let errors = Config::parse(
+            r#"
+            colour = 1
+            [server]
+            http_port = 70000
+            workers = 0
+            [timeouts]
+            upstream_connect = "soon"
+            [[channels]]
+            name = "x"
+            "#,
+        )
+        .unwrap_err();
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "colour",
+            "server.http_port",
+            "server.workers",
+            "timeouts.upstream_connect",
+            "channels[0].urlPattern",
+            "channels[0].routes",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_default_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/default.toml");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.channels.is_empty());
+    }
+}

@@ -1,0 +1,304 @@
+//! One client connection: hyper's HTTP/1.1 server plus the timeouts hyper does not keep for us.
+//!
+//! hyper's own header timer runs from the moment it starts waiting for a head, so it would also cut
+//! idle keep-alive connections; Mediary wants "a head must arrive within 10 s of its first byte" and
+//! "an idle connection lives 60 s". The socket is wrapped in [`Watched`], which notes when bytes arrive
+//! while no request is in flight, and [`serve`] keeps one timer per connection against those notes.
+//!
+//! The same wrapper keeps a copy of the bytes of each request head (bounded by the head limit): hyper
+//! silently drops `Content-Length` when `Transfer-Encoding` is present, and Mediary refuses such a
+//! request outright (RFC 9112 §6.1), so it needs to see what the client really sent.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
+
+use super::Proxy;
+
+/// The per-connection limits, copied from the config once per worker.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub max_head: usize,
+    pub max_headers: usize,
+}
+
+/// What the socket wrapper and the request handler share about one connection.
+#[derive(Debug)]
+pub struct ConnState {
+    started: Instant,
+    /// Requests whose response has not been fully written yet.
+    inflight: AtomicU32,
+    /// Nanoseconds since `started` (plus one, so 0 means "none") when the first byte of the next head
+    /// arrived.
+    head_since: AtomicU64,
+    /// Nanoseconds since `started` of the last read or finished response.
+    last_activity: AtomicU64,
+    /// The bytes read while waiting for a head, up to `max_head`.
+    head_bytes: Mutex<Vec<u8>>,
+    /// Wakes the connection's timer when a head starts arriving, so the head deadline applies.
+    head_started: Notify,
+    max_head: usize,
+}
+
+impl ConnState {
+    fn new(max_head: usize) -> Self {
+        ConnState {
+            started: Instant::now(),
+            inflight: AtomicU32::new(0),
+            head_since: AtomicU64::new(0),
+            last_activity: AtomicU64::new(0),
+            head_bytes: Mutex::new(Vec::new()),
+            head_started: Notify::new(),
+            max_head,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn on_read(&self, bytes: &[u8]) {
+        let now = self.now();
+        self.last_activity.store(now, Ordering::Relaxed);
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        if self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(now + 1, Ordering::Relaxed);
+            self.head_started.notify_one();
+        }
+        if let Ok(mut head) = self.head_bytes.lock() {
+            let room = self.max_head.saturating_sub(head.len());
+            head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+    }
+
+    /// Marks a request as started. When `inspect` is set, returns the raw bytes its head came in.
+    pub fn begin_request(self: &Arc<Self>, inspect: bool) -> (RequestGuard, Option<Vec<u8>>) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        let raw = self.head_bytes.lock().ok().map(|mut head| {
+            let raw = inspect.then(|| head.clone());
+            head.clear();
+            raw
+        });
+        (RequestGuard(Arc::clone(self)), raw.flatten())
+    }
+
+    fn deadline(&self, settings: &ConnSettings) -> (Instant, Expiry) {
+        let at = |ns: u64, after: Duration| self.started + Duration::from_nanos(ns) + after;
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return (Instant::now() + settings.idle, Expiry::Busy);
+        }
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => (
+                at(self.last_activity.load(Ordering::Relaxed), settings.idle),
+                Expiry::Idle,
+            ),
+            since => (at(since - 1, settings.header_read), Expiry::Head),
+        }
+    }
+}
+
+/// Held by a request until its response has been written; then the connection counts as idle again.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let state = &self.0;
+        state.last_activity.store(state.now(), Ordering::Relaxed);
+        state.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    Busy,
+    Idle,
+    Head,
+}
+
+/// A socket that reports what it reads to the connection's [`ConnState`].
+struct Watched {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                self.state.on_read(read);
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one client connection until the client leaves, a timeout fires, or shutdown completes.
+pub async fn serve(
+    stream: TcpStream,
+    remote: SocketAddr,
+    proxy: Arc<Proxy>,
+    settings: Arc<ConnSettings>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let state = Arc::new(ConnState::new(settings.max_head));
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        state: Arc::clone(&state),
+    });
+    let service = {
+        let state = Arc::clone(&state);
+        service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            let state = Arc::clone(&state);
+            async move { proxy.handle(request, remote, &state).await }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_header_size(settings.max_head);
+    // hyper keeps up to 100 headers on the stack; only a different limit costs a heap allocation.
+    if settings.max_headers != 100 {
+        builder.max_headers(settings.max_headers);
+    }
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        let (deadline, expiry) = state.deadline(&settings);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%remote, %error, "Client connection ended with an error.");
+                }
+                return;
+            }
+            () = state.head_started.notified() => {}
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                // The state may have moved on while we slept; only act on a deadline still current.
+                let (now_deadline, now_expiry) = state.deadline(&settings);
+                if now_expiry != expiry || now_deadline > Instant::now() {
+                    continue;
+                }
+                match expiry {
+                    Expiry::Busy => {}
+                    Expiry::Head => {
+                        tracing::debug!(%remote, "Client did not send a request head in time; closing.");
+                        return;
+                    }
+                    Expiry::Idle => {
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the raw bytes of a request head carry both `Content-Length` and `Transfer-Encoding`.
+///
+/// `raw` starts at a request line, or holds the end of an earlier message before it; every line that
+/// starts with `method` is tried as the start of the head.
+pub fn has_conflicting_framing(raw: &[u8], method: &Method) -> bool {
+    let prefix = method.as_str().as_bytes();
+    let starts = std::iter::once(0).chain(
+        raw.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i + 1),
+    );
+    starts.filter(|&s| raw[s..].starts_with(prefix)).any(|s| {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut headers);
+        if request.parse(&raw[s..]).is_err() {
+            return false;
+        }
+        let has = |name: &str| {
+            request
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(name))
+        };
+        has("content-length") && has("transfer-encoding")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_content_length_beside_transfer_encoding() {
+        let both = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(has_conflicting_framing(both, &Method::POST));
+        let te_only = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab";
+        assert!(!has_conflicting_framing(te_only, &Method::POST));
+        let after_body =
+            b"tail of a body\r\nPOST /y HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 1\r\n\r\n";
+        assert!(has_conflicting_framing(after_body, &Method::POST));
+    }
+}

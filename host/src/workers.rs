@@ -1,0 +1,216 @@
+//! Worker threads: N OS threads, each pinned to one core and running its own current-thread tokio
+//! runtime, each accepting on its own SO_REUSEPORT socket bound to the same port, so the kernel spreads
+//! connections and a request never moves between threads.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::Shared;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::proxy::conn::{self, ConnSettings};
+
+/// The sockets Mediary serves on, bound before it starts: one proxy socket per worker, all on the
+/// same address.
+#[derive(Debug)]
+pub struct Listeners {
+    pub proxy: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds one SO_REUSEPORT socket per worker on `addr`. With port 0 the first socket picks a free
+    /// port and the others join it.
+    pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listeners> {
+        let first = reuseport_listener(addr)?;
+        let addr = first.local_addr()?;
+        let mut proxy = vec![first];
+        for _ in 1..workers {
+            proxy.push(reuseport_listener(addr)?);
+        }
+        Ok(Listeners { proxy })
+    }
+
+    /// The address the proxy listens on.
+    pub fn proxy_addr(&self) -> io::Result<SocketAddr> {
+        self.proxy
+            .first()
+            .ok_or_else(|| io::Error::other("no proxy listener"))?
+            .local_addr()
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Runs Mediary on `listeners` until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish for up to the drain timeout, and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let addr = listeners.proxy_addr()?;
+    let workers = listeners.proxy.len();
+    let shared = Arc::new(Shared::new(config)?);
+    let (stop, stopped) = watch::channel(false);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads: Vec<(JoinHandle<()>, oneshot::Receiver<()>)> = Vec::with_capacity(workers);
+    for (index, listener) in listeners.proxy.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        let (ready, is_ready) = oneshot::channel();
+        let worker = Worker {
+            index,
+            core,
+            shared: Arc::clone(&shared),
+            stop: stopped.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("mediary-w{index}"))
+            .spawn(move || worker.run(listener, ready))
+            .context("starting a worker thread")?;
+        threads.push((thread, is_ready));
+    }
+    let mut done = Vec::with_capacity(workers);
+    for (thread, ready) in threads {
+        if ready.await.is_err() {
+            let _ = stop.send(true);
+            anyhow::bail!("a worker failed to start; see the log above");
+        }
+        done.push(thread);
+    }
+    tracing::info!(%addr, workers, "Mediary is ready.");
+
+    shutdown.await;
+    tracing::info!(
+        drain = ?shared.config.timeouts.shutdown_drain,
+        "Shutting down: no new connections; finishing in-flight requests."
+    );
+    let _ = stop.send(true);
+    tokio::task::spawn_blocking(move || {
+        for thread in done {
+            let _ = thread.join();
+        }
+    })
+    .await?;
+    tracing::info!("Mediary stopped.");
+    Ok(())
+}
+
+/// One worker thread's share of the work.
+struct Worker {
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self, listener: std::net::TcpListener, ready: oneshot::Sender<()>) {
+        let index = self.index;
+        match self.core {
+            Some(core) if core_affinity::set_for_current(core) => {
+                tracing::info!(worker = index, core = core.id, "Worker pinned to core.");
+            }
+            Some(core) => {
+                tracing::warn!(
+                    worker = index,
+                    core = core.id,
+                    "Could not pin worker to core; running unpinned."
+                );
+            }
+            None => tracing::warn!(worker = index, "Cores unknown; worker runs unpinned."),
+        }
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(worker = index, %error, "Could not start the worker's runtime.");
+                return;
+            }
+        };
+        runtime.block_on(self.serve(listener, ready));
+    }
+
+    async fn serve(self, listener: std::net::TcpListener, ready: oneshot::Sender<()>) {
+        let Worker {
+            index,
+            shared,
+            mut stop,
+            ..
+        } = self;
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(worker = index, %error, "Could not register the listener.");
+                return;
+            }
+        };
+        let config = &shared.config;
+        let settings = Arc::new(ConnSettings {
+            header_read: config.timeouts.client_header_read,
+            idle: config.timeouts.idle_keep_alive,
+            max_head: config.limits.max_request_head,
+            max_headers: config.limits.max_request_headers,
+        });
+        let drain = config.timeouts.shutdown_drain;
+        let proxy = Arc::new(Proxy::new(Arc::clone(&shared), index));
+        let connections = TaskTracker::new();
+        let _ = ready.send(());
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(conn::serve(
+                            stream,
+                            remote,
+                            Arc::clone(&proxy),
+                            Arc::clone(&settings),
+                            stop.clone(),
+                        ));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tracing::warn!(worker = index, %error, "Accept failed.");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        connections.close();
+        let open = connections.len();
+        if tokio::time::timeout(drain, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = index,
+                open = connections.len(),
+                "Drain timeout reached; closing the remaining connections."
+            );
+        } else {
+            tracing::debug!(worker = index, drained = open, "Worker drained.");
+        }
+    }
+}

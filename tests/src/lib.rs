@@ -1,0 +1,147 @@
+//! End-to-end fixtures for Mediary: the real `mediary` binary, started as a
+//! child process, in front of real upstream HTTP servers, everything on
+//! ephemeral ports of 127.0.0.1 and cleaned up on drop.
+//!
+//! A test reads like a sentence:
+//!
+//! ```no_run
+//! use mediary_e2e::{Client, Mediary, Upstream, public_channel};
+//!
+//! let upstream = Upstream::echo();
+//! let mediary = Mediary::with_config(public_channel("echo", "^/echo", &upstream)).start();
+//! let reply = Client::new().post(mediary.url("/echo")).body("hello").send();
+//! assert_eq!(reply.text(), "hello");
+//! assert_eq!(upstream.single_request().body, "hello");
+//! ```
+//!
+//! # Layout
+//!
+//! - [`binary`]: finds or builds the `mediary` executable, once per test binary.
+//! - [`mediary`]: the [`Mediary`] process fixture (config file, readiness, logs, signals, exit).
+//! - [`upstream`]: the [`Upstream`] fixture, a recording hyper server with a handler closure.
+//! - [`client`]: a blocking HTTP [`Client`] for well-formed requests.
+//! - [`raw`]: [`RawConnection`], bytes over TCP for malformed or stalled requests.
+//! - [`linux`]: what `/proc` says about the child's threads and this process's cores.
+//!
+//! All test-side I/O runs on one background tokio runtime ([`runtime`]), so
+//! tests are plain `#[test]` functions that never `.await`.
+
+use std::net::TcpListener;
+use std::sync::OnceLock;
+
+pub mod binary;
+pub mod client;
+pub mod linux;
+pub mod mediary;
+pub mod raw;
+pub mod upstream;
+
+pub use client::{Client, Reply};
+pub use hyper::Method;
+pub use mediary::{Finished, Launch, Mediary};
+pub use raw::{RawConnection, RawResponse};
+pub use upstream::{Answer, Seen, Upstream};
+
+/// The runtime behind every upstream server and client call of the test
+/// process. It lives on its own threads, so a blocking test thread never
+/// starves it.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("e2e-io")
+            .enable_all()
+            .build()
+            .expect("the test runtime starts")
+    })
+}
+
+/// A port on 127.0.0.1 that nothing listens on (it was bound, then released).
+pub fn unused_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("an ephemeral port is free");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port()
+}
+
+/// TOML for a public channel that accepts every method on `url_pattern` and
+/// sends it to `upstream` through one primary route named `"<name> route"`.
+pub fn public_channel(name: &str, url_pattern: &str, upstream: &Upstream) -> String {
+    channel_toml(name, url_pattern, upstream, "", "")
+}
+
+/// Like [`public_channel`], with extra channel keys (e.g. `maxBodySize = 1024`).
+pub fn public_channel_with_keys(
+    name: &str,
+    url_pattern: &str,
+    upstream: &Upstream,
+    channel_keys: &str,
+) -> String {
+    channel_toml(name, url_pattern, upstream, channel_keys, "")
+}
+
+/// Like [`public_channel`], with extra route keys (e.g. `path = "/fixed"`).
+pub fn public_channel_with_route(
+    name: &str,
+    url_pattern: &str,
+    upstream: &Upstream,
+    route_keys: &str,
+) -> String {
+    channel_toml(name, url_pattern, upstream, "", route_keys)
+}
+
+fn channel_toml(
+    name: &str,
+    url_pattern: &str,
+    upstream: &Upstream,
+    channel_keys: &str,
+    route_keys: &str,
+) -> String {
+    format!(
+        r#"
+[[channels]]
+name = "{name}"
+urlPattern = "{url_pattern}"
+methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+authType = "public"
+{channel_keys}
+
+[[channels.routes]]
+name = "{name} route"
+host = "127.0.0.1"
+port = {port}
+primary = true
+{route_keys}
+"#,
+        port = upstream.port()
+    )
+}
+
+/// Whether `text` is a hyphenated UUID of version 7 (RFC 9562 variant).
+pub fn is_uuid_v7(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lengths_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
+    let hex_ok = groups
+        .iter()
+        .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    lengths_ok
+        && hex_ok
+        && groups[2].starts_with('7')
+        && groups[3].starts_with(['8', '9', 'a', 'b', 'A', 'B'])
+}
+
+#[cfg(test)]
+mod unit {
+    use super::is_uuid_v7;
+
+    #[test]
+    fn recognises_uuid_v7() {
+        assert!(is_uuid_v7("01890a5d-ac96-774b-bcce-b302099a8057"));
+        assert!(!is_uuid_v7("01890a5d-ac96-474b-bcce-b302099a8057"));
+        assert!(!is_uuid_v7("01890a5d-ac96-774b-7cce-b302099a8057"));
+        assert!(!is_uuid_v7("01890a5dac96774bbcceb302099a8057"));
+        assert!(!is_uuid_v7(""));
+    }
+}

@@ -1,0 +1,272 @@
+//! The [`Upstream`] fixture: a real HTTP/1.1 server (hyper) on an ephemeral
+//! port of 127.0.0.1 that records every request it receives and answers
+//! through a handler closure.
+//!
+//! A request is recorded once its whole body has arrived and before the
+//! answer is delayed, so a test can wait for "the upstream has the request"
+//! and then act while the request is still in flight.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::runtime;
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    /// The path of the request target, without the query.
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// The value of header `name` when it is present once (or its first
+    /// value), as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|value| {
+            value
+                .to_str()
+                .unwrap_or_else(|_| panic!("header {name} is not visible ASCII"))
+        })
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().expect("header values are visible ASCII"))
+            .collect()
+    }
+
+    /// The comma-separated list carried by header `name` across all of its
+    /// lines, each item trimmed.
+    pub fn header_list(&self, name: &str) -> Vec<String> {
+        self.header_values(name)
+            .iter()
+            .flat_map(|value| value.split(','))
+            .map(|item| item.trim().to_owned())
+            .collect()
+    }
+}
+
+/// What the upstream answers to one request.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// How long to wait before answering.
+    pub delay: Duration,
+}
+
+impl Answer {
+    /// An answer with `status`, no body and no delay.
+    pub fn status(status: u16) -> Self {
+        Answer {
+            status: StatusCode::from_u16(status).expect("a valid status code"),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Answer + Send + Sync>;
+
+/// A recording HTTP server; it stops (and drops its open connections) on drop.
+pub struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    server: AbortHandle,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Answers 200 with the request body, and says what it saw in the
+    /// `x-upstream-saw` header (`METHOD path?query`).
+    pub fn echo() -> Self {
+        Self::answering(echo)
+    }
+
+    /// Like [`Upstream::echo`], but only after `delay`.
+    pub fn slow(delay: Duration) -> Self {
+        Self::answering(move |seen| echo(seen).after(delay))
+    }
+
+    /// Answers every request with `status` and `body`.
+    pub fn fixed(status: u16, body: &'static str) -> Self {
+        Self::answering(move |_| Answer::status(status).body(body))
+    }
+
+    /// Answers every request with what `handler` returns.
+    pub fn answering(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Self {
+        let handler: Handler = Arc::new(handler);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream");
+        listener
+            .set_nonblocking(true)
+            .expect("a nonblocking upstream listener");
+        let addr = listener.local_addr().expect("the upstream address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let server = runtime()
+            .spawn(serve(listener, handler, Arc::clone(&seen)))
+            .abort_handle();
+        Upstream { addr, seen, server }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The one request received so far; panics if there were none or several.
+    pub fn single_request(&self) -> Seen {
+        let mut requests = self.requests();
+        assert_eq!(
+            requests.len(),
+            1,
+            "expected the upstream to see exactly one request, it saw {requests:#?}"
+        );
+        requests.remove(0)
+    }
+
+    /// Waits (up to `timeout`) until at least `count` requests have arrived.
+    pub fn wait_for_requests(&self, count: usize, timeout: Duration) -> Vec<Seen> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let requests = self.requests();
+            if requests.len() >= count {
+                return requests;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the upstream saw {} requests in {timeout:?}, expected {count}",
+                requests.len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn echo(seen: &Seen) -> Answer {
+    let target = match &seen.query {
+        Some(query) => format!("{} {}?{query}", seen.method, seen.path),
+        None => format!("{} {}", seen.method, seen.path),
+    };
+    Answer::status(200)
+        .header("x-upstream-saw", &target)
+        .body(seen.body.clone())
+}
+
+/// Accepts until aborted; aborting drops the `JoinSet`, which aborts every
+/// connection still open (e.g. one sleeping in a slow answer).
+async fn serve(listener: std::net::TcpListener, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio upstream listener");
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let handler = Arc::clone(&handler);
+                let seen = Arc::clone(&seen);
+                connections.spawn(async move {
+                    let service = service_fn(move |request| {
+                        answer(request, Arc::clone(&handler), Arc::clone(&seen))
+                    });
+                    // A connection error (e.g. the proxy hanging up) is the
+                    // proxy's business; the test looks at what was recorded.
+                    // Roomier than any proxy limit under test, so that a
+                    // 431 or 413 the client gets is the proxy's own.
+                    let _ = http1::Builder::new()
+                        .max_headers(1000)
+                        .max_buf_size(4 * 1024 * 1024)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let request = Seen {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    };
+    let answer = handler(&request);
+    seen.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(request);
+    tokio::time::sleep(answer.delay).await;
+    let mut response = Response::builder().status(answer.status);
+    for (name, value) in &answer.headers {
+        response = response.header(name, value);
+    }
+    Ok(response
+        .body(Full::new(answer.body))
+        .expect("the handler's answer is a valid response"))
+}
