@@ -209,8 +209,10 @@ pub struct Route {
     pub name: String,
     pub host: String,
     pub port: u16,
-    /// `host:port` as it goes in a URI (IPv6 literals bracketed), computed once.
-    pub authority: String,
+    /// `host:port` as it goes in a URI or `Host` header (IPv6 literals bracketed), computed once.
+    pub authority: Arc<str>,
+    /// The `Host` header sent upstream.
+    pub host_header: HeaderValue,
     pub rewrite: PathRewrite,
     /// The route whose answer goes back to the client. Exactly one enabled route per channel is primary.
     pub primary: bool,
@@ -226,7 +228,7 @@ pub struct Route {
 impl Route {
     fn parse(path: String, value: &Value, errors: &mut FieldErrors) -> Option<Route> {
         let before = errors.0.len();
-        let mut f = Fields::new(path, value, errors);
+        let mut f = Fields::new(path.clone(), value, errors);
         let name = f.parsed("name", non_empty);
         if name.is_none() && f.raw("name").is_none() {
             f.error("name", "is required");
@@ -300,6 +302,14 @@ impl Route {
             Ok(_) => format!("[{host}]:{port}"),
             Err(_) => format!("{host}:{port}"),
         };
+        let Ok(host_header) = HeaderValue::from_str(&authority) else {
+            errors.push(
+                format!("{path}.host"),
+                format!("`{host}` cannot be sent as a Host header"),
+            );
+            return None;
+        };
+        let authority: Arc<str> = authority.into();
         let rewrite = match (fixed, transform) {
             (Some(p), _) => PathRewrite::Fixed(p),
             (None, Some(t)) => PathRewrite::Transform(t),
@@ -310,6 +320,7 @@ impl Route {
             host,
             port,
             authority,
+            host_header,
             rewrite,
             primary,
             secured,

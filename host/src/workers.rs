@@ -173,6 +173,18 @@ impl Worker {
         let drain = config.timeouts.shutdown_drain;
         let proxy = Arc::new(Proxy::new(Arc::clone(&shared), index));
         let connections = TaskTracker::new();
+        let sweeper = {
+            let upstreams = Arc::clone(proxy.upstreams());
+            let every =
+                (config.upstream.pool_idle_timeout / 2).max(std::time::Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    upstreams.sweep();
+                }
+            })
+        };
         let _ = ready.send(());
         loop {
             tokio::select! {
@@ -198,6 +210,7 @@ impl Worker {
             }
         }
         drop(listener);
+        sweeper.abort();
         connections.close();
         let open = connections.len();
         if tokio::time::timeout(drain, connections.wait())

@@ -32,6 +32,8 @@ pub struct Seen {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The address the request came from: one per upstream connection Mediary opened.
+    pub peer: SocketAddr,
 }
 
 impl Seen {
@@ -136,10 +138,32 @@ impl Upstream {
         Self::answering(move |_| Answer::status(status).body(body))
     }
 
+    /// Like [`Upstream::fixed`], on a given port (e.g. to stand in for an upstream that restarted).
+    /// Retries the bind for a few seconds while the previous owner lets go of the port.
+    pub fn fixed_on_port(port: u16, status: u16, body: &'static str) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => break listener,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(error) => panic!("cannot bind an upstream on port {port}: {error}"),
+            }
+        };
+        Self::serving(
+            listener,
+            Arc::new(move |_: &Seen| Answer::status(status).body(body)),
+        )
+    }
+
     /// Answers every request with what `handler` returns.
     pub fn answering(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Self {
-        let handler: Handler = Arc::new(handler);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream");
+        Self::serving(listener, Arc::new(handler))
+    }
+
+    fn serving(listener: std::net::TcpListener, handler: Handler) -> Self {
         listener
             .set_nonblocking(true)
             .expect("a nonblocking upstream listener");
@@ -220,12 +244,12 @@ async fn serve(listener: std::net::TcpListener, handler: Handler, seen: Arc<Mute
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let handler = Arc::clone(&handler);
                 let seen = Arc::clone(&seen);
                 connections.spawn(async move {
                     let service = service_fn(move |request| {
-                        answer(request, Arc::clone(&handler), Arc::clone(&seen))
+                        answer(request, peer, Arc::clone(&handler), Arc::clone(&seen))
                     });
                     // A connection error (e.g. the proxy hanging up) is the
                     // proxy's business; the test looks at what was recorded.
@@ -245,6 +269,7 @@ async fn serve(listener: std::net::TcpListener, handler: Handler, seen: Arc<Mute
 
 async fn answer(
     request: Request<Incoming>,
+    peer: SocketAddr,
     handler: Handler,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
@@ -256,6 +281,7 @@ async fn answer(
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body,
+        peer,
     };
     let answer = handler(&request);
     seen.lock()

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::conn::RequestGuard;
+use super::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,15 +36,19 @@ impl ProxyBody {
         }
     }
 
-    /// Streams an upstream body, failing it if the upstream goes quiet for `idle`.
-    pub fn upstream(body: Incoming, idle: Duration, guard: RequestGuard) -> Self {
+    /// Streams an upstream body, failing it if the upstream goes quiet for `idle`. The connection's
+    /// lease goes back to the pool when the body has been read to its end.
+    pub fn upstream(body: Incoming, lease: Lease, idle: Duration, guard: RequestGuard) -> Self {
+        let mut up = UpstreamBody {
+            body,
+            lease: Some(lease),
+            idle,
+            timer: None,
+            armed: false,
+        };
+        up.release_if_done();
         ProxyBody {
-            kind: Kind::Upstream(UpstreamBody {
-                body,
-                idle,
-                timer: None,
-                armed: false,
-            }),
+            kind: Kind::Upstream(up),
             _guard: guard,
         }
     }
@@ -54,9 +59,21 @@ impl ProxyBody {
 #[derive(Debug)]
 struct UpstreamBody {
     body: Incoming,
+    /// The connection the body comes on; returned to the pool at the end, closed if abandoned.
+    lease: Option<Lease>,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
+}
+
+impl UpstreamBody {
+    fn release_if_done(&mut self) {
+        if self.body.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
 }
 
 /// The upstream stopped sending its body.
@@ -77,6 +94,9 @@ impl Body for ProxyBody {
             Kind::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     up.armed = false;
+                    if matches!(frame, None | Some(Ok(_))) {
+                        up.release_if_done();
+                    }
                     Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
                 }
                 Poll::Pending => {

@@ -3,7 +3,9 @@
 //! hyper's own header timer runs from the moment it starts waiting for a head, so it would also cut
 //! idle keep-alive connections; Mediary wants "a head must arrive within 10 s of its first byte" and
 //! "an idle connection lives 60 s". The socket is wrapped in [`Watched`], which notes when bytes arrive
-//! while no request is in flight, and [`serve`] keeps one timer per connection against those notes.
+//! while no request is in flight and enforces both deadlines itself, lazily: when a read would block it
+//! compares the clock with the deadline and arms one timer per connection, which is only moved when it
+//! fires early. A busy connection pays no timer work per request.
 //!
 //! The same wrapper keeps a copy of the bytes of each request head (bounded by the head limit): hyper
 //! silently drops `Content-Length` when `Transfer-Encoding` is present, and Mediary refuses such a
@@ -23,7 +25,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use super::Proxy;
 
@@ -49,8 +52,6 @@ pub struct ConnState {
     last_activity: AtomicU64,
     /// The bytes read while waiting for a head, up to `max_head`.
     head_bytes: Mutex<Vec<u8>>,
-    /// Wakes the connection's timer when a head starts arriving, so the head deadline applies.
-    head_started: Notify,
     max_head: usize,
 }
 
@@ -62,7 +63,6 @@ impl ConnState {
             head_since: AtomicU64::new(0),
             last_activity: AtomicU64::new(0),
             head_bytes: Mutex::new(Vec::new()),
-            head_started: Notify::new(),
             max_head,
         }
     }
@@ -79,7 +79,6 @@ impl ConnState {
         }
         if self.head_since.load(Ordering::Relaxed) == 0 {
             self.head_since.store(now + 1, Ordering::Relaxed);
-            self.head_started.notify_one();
         }
         if let Ok(mut head) = self.head_bytes.lock() {
             let room = self.max_head.saturating_sub(head.len());
@@ -99,18 +98,20 @@ impl ConnState {
         (RequestGuard(Arc::clone(self)), raw.flatten())
     }
 
-    fn deadline(&self, settings: &ConnSettings) -> (Instant, Expiry) {
-        let at = |ns: u64, after: Duration| self.started + Duration::from_nanos(ns) + after;
+    /// When the connection must next be closed if nothing happens, and why; `None` while a request is
+    /// in flight (request-level timeouts govern then).
+    fn deadline(&self, settings: &ConnSettings) -> Option<(Instant, Expiry)> {
         if self.inflight.load(Ordering::Relaxed) > 0 {
-            return (Instant::now() + settings.idle, Expiry::Busy);
+            return None;
         }
-        match self.head_since.load(Ordering::Relaxed) {
+        let at = |ns: u64, after: Duration| self.started + Duration::from_nanos(ns) + after;
+        Some(match self.head_since.load(Ordering::Relaxed) {
             0 => (
                 at(self.last_activity.load(Ordering::Relaxed), settings.idle),
                 Expiry::Idle,
             ),
             since => (at(since - 1, settings.header_read), Expiry::Head),
-        }
+        })
     }
 }
 
@@ -128,15 +129,58 @@ impl Drop for RequestGuard {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expiry {
-    Busy,
+    /// No request for `idle_keep_alive`.
     Idle,
+    /// A head started but did not finish within `client_header_read`.
     Head,
 }
 
-/// A socket that reports what it reads to the connection's [`ConnState`].
+/// A socket that reports what it reads to the connection's [`ConnState`] and closes the connection
+/// when it stays idle, or a head stays incomplete, for too long.
 struct Watched {
     inner: TcpStream,
     state: Arc<ConnState>,
+    settings: Arc<ConnSettings>,
+    /// Armed at or before the current deadline; allocated on the first wait.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Watched {
+    /// Called when a read would block: fails the read once the connection's deadline has passed,
+    /// otherwise makes sure the timer will wake the task by then.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((deadline, expiry)) = self.state.deadline(&self.settings) else {
+            return Poll::Pending;
+        };
+        let timeout = || {
+            let what = match expiry {
+                Expiry::Idle => "idle keep-alive connection timed out",
+                Expiry::Head => "request head not received in time",
+            };
+            Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+        };
+        if deadline <= Instant::now() {
+            return timeout();
+        }
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // A timer set earlier than needed is left alone and moved when it fires; one set too late
+        // (a head started) or already spent is moved now.
+        if timer.deadline() > deadline || timer.is_elapsed() {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) if deadline <= tokio::time::Instant::now() => timeout(),
+            Poll::Ready(()) => {
+                timer.as_mut().reset(deadline);
+                let _ = timer.as_mut().poll(cx);
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -146,14 +190,17 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let read = &buf.filled()[before..];
-            if !read.is_empty() {
-                self.state.on_read(read);
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    self.state.on_read(read);
+                }
+                Poll::Ready(Ok(()))
             }
+            Poll::Pending => self.poll_deadline(cx),
+            ready => ready,
         }
-        result
     }
 }
 
@@ -196,18 +243,6 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let state = Arc::new(ConnState::new(settings.max_head));
-    let io = TokioIo::new(Watched {
-        inner: stream,
-        state: Arc::clone(&state),
-    });
-    let service = {
-        let state = Arc::clone(&state);
-        service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
-            let state = Arc::clone(&state);
-            async move { proxy.handle(request, remote, &state).await }
-        })
-    };
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
@@ -217,45 +252,32 @@ pub async fn serve(
     if settings.max_headers != 100 {
         builder.max_headers(settings.max_headers);
     }
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        state: Arc::clone(&state),
+        settings,
+        timer: None,
+    });
+    let service = service_fn(move |request| {
+        let proxy = Arc::clone(&proxy);
+        let state = Arc::clone(&state);
+        async move { proxy.handle(request, remote, &state).await }
+    });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let mut draining = *shutdown.borrow();
-    if draining {
-        connection.as_mut().graceful_shutdown();
-    }
-    loop {
-        let (deadline, expiry) = state.deadline(&settings);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%remote, %error, "Client connection ended with an error.");
-                }
-                return;
-            }
-            () = state.head_started.notified() => {}
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                // The state may have moved on while we slept; only act on a deadline still current.
-                let (now_deadline, now_expiry) = state.deadline(&settings);
-                if now_expiry != expiry || now_deadline > Instant::now() {
-                    continue;
-                }
-                match expiry {
-                    Expiry::Busy => {}
-                    Expiry::Head => {
-                        tracing::debug!(%remote, "Client did not send a request head in time; closing.");
-                        return;
-                    }
-                    Expiry::Idle => {
-                        draining = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                }
-            }
+    // Resolves when shutdown is asked for (or its sender is gone, which means the same).
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%remote, %error, "Client connection ended with an error.");
     }
 }
 

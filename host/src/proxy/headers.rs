@@ -31,22 +31,29 @@ fn is_hop_by_hop_or_framing(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop and framing headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    let framing: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop_or_framing(n))
-        .cloned()
-        .collect();
-    for name in framing {
+    // Most messages carry one or two of these (usually Content-Length): find them in one pass over the
+    // names, then remove only those, without allocating.
+    let mut found: [Option<HeaderName>; 10] = Default::default();
+    let mut count = 0;
+    for name in headers.keys() {
+        if count < found.len() && is_hop_by_hop_or_framing(name) {
+            found[count] = Some(name.clone());
+            count += 1;
+        }
+    }
+    for name in found.into_iter().flatten() {
         headers.remove(name);
     }
 }

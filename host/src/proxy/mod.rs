@@ -15,6 +15,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub mod headers;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,29 +23,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use uuid::Uuid;
 
 use crate::Shared;
-use crate::channel::{AuthType, Channel, Route};
+use crate::channel::{AuthType, Channel, PathRewrite, Route};
 use body::ProxyBody;
 use conn::ConnState;
 use error::{ProxyError, root_cause};
 use headers::{X_MEDIARY_TRANSACTION_ID, X_OPENHIM_TRANSACTIONID};
-
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+use upstream::{Lease, PoolSettings, UpstreamError, Upstreams};
 
 /// One worker's proxy: the shared state plus this worker's own upstream connection pool.
 pub struct Proxy {
     shared: Arc<Shared>,
-    client: UpstreamClient,
+    upstreams: Arc<Upstreams>,
     /// Which worker this is, for logs.
     worker: usize,
 }
@@ -60,25 +57,24 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     pub fn new(shared: Arc<Shared>, worker: usize) -> Self {
         let config = &shared.config;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.timeouts.upstream_connect));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*shared.upstream_tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(config.upstream.max_idle_per_host)
-            .build(https);
+        let upstreams = Upstreams::new(
+            PoolSettings {
+                connect_timeout: config.timeouts.upstream_connect,
+                max_idle_per_host: config.upstream.max_idle_per_host,
+                idle_timeout: config.upstream.pool_idle_timeout,
+            },
+            Arc::clone(&shared.upstream_tls),
+        );
         Proxy {
             shared,
-            client,
+            upstreams,
             worker,
         }
+    }
+
+    /// This worker's upstream connections (for the periodic sweep of idle ones).
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
     }
 
     /// Serves one request. Never fails: every error becomes a response here.
@@ -103,7 +99,9 @@ impl Proxy {
             self.forward(request, remote, &id_header).await
         };
         let mut response = match result {
-            Ok((response, idle)) => response.map(|body| ProxyBody::upstream(body, idle, guard)),
+            Ok((response, lease, idle)) => {
+                response.map(|body| ProxyBody::upstream(body, lease, idle, guard))
+            }
             Err(error) => {
                 log_failure(&error, id_str, self.worker);
                 error
@@ -117,13 +115,14 @@ impl Proxy {
         Ok(response)
     }
 
-    /// Phases 2–6. Returns the upstream response and the inactivity timeout for its body.
+    /// Phases 2–6. Returns the upstream response, the lease of its connection and the inactivity
+    /// timeout for its body.
     async fn forward(
         &self,
         request: Request<Incoming>,
         remote: SocketAddr,
         id: &HeaderValue,
-    ) -> Result<(Response<Incoming>, Duration), ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease, Duration), ProxyError> {
         let channel = self.match_channel(request.method(), request.uri().path())?;
         if channel.auth_type == AuthType::Private {
             return Err(ProxyError::Unauthorized {
@@ -147,18 +146,28 @@ impl Proxy {
         for route in channel.secondaries() {
             let request =
                 upstream_request(route, &parts, parts.headers.clone(), body.clone(), &channel)?;
-            let client = self.client.clone();
-            let (channel, route) = (channel.name.clone(), route.name.clone());
+            let upstreams = Arc::clone(&self.upstreams);
+            let (channel, route) = (Arc::clone(&channel), route.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(timeout, client.request(request)).await {
-                    Ok(Ok(response)) => {
-                        // Drain it so the pooled connection can be reused.
-                        let status = response.status();
-                        let _ = response.into_body().collect().await;
+                let exchange = async {
+                    let (response, lease) = upstreams.send(&route, request).await?;
+                    let status = response.status();
+                    // Read it to the end so the connection can serve again.
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| UpstreamError::Exchange(root_cause(&e)))?;
+                    lease.release();
+                    Ok::<_, UpstreamError>(status)
+                };
+                let (channel, route) = (&channel.name, &route.name);
+                match tokio::time::timeout(timeout, exchange).await {
+                    Ok(Ok(status)) => {
                         tracing::debug!(%channel, %route, %status, "Secondary route answered.");
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(%channel, %route, error = %root_cause(&error), "Secondary route failed.");
+                        tracing::warn!(%channel, %route, %error, "Secondary route failed.");
                     }
                     Err(_) => {
                         tracing::warn!(%channel, %route, ?timeout, "Secondary route timed out.");
@@ -170,23 +179,22 @@ impl Proxy {
         let route = channel.primary();
         let headers = std::mem::take(&mut parts.headers);
         let request = upstream_request(route, &parts, headers, body, &channel)?;
-        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => response,
+        let sent = tokio::time::timeout(timeout, self.upstreams.send(route, request)).await;
+        let (response, lease) = match sent {
+            Ok(Ok(exchange)) => exchange,
             Ok(Err(error)) => {
-                let cause = root_cause(&error);
                 let (channel, route) = (channel.name.clone(), route.name.clone());
-                return Err(if error.is_connect() {
-                    ProxyError::UpstreamUnreachable {
+                return Err(match error {
+                    UpstreamError::Connect(cause) => ProxyError::UpstreamUnreachable {
                         channel,
                         route,
                         cause,
-                    }
-                } else {
-                    ProxyError::UpstreamFailed {
+                    },
+                    UpstreamError::Exchange(cause) => ProxyError::UpstreamFailed {
                         channel,
                         route,
                         cause,
-                    }
+                    },
                 });
             }
             Err(_) => {
@@ -197,7 +205,7 @@ impl Proxy {
                 });
             }
         };
-        Ok((client_response(response, &parts.method), timeout))
+        Ok((client_response(response, &parts.method), lease, timeout))
     }
 
     fn match_channel(&self, method: &Method, path: &str) -> Result<Arc<Channel>, ProxyError> {
@@ -249,7 +257,8 @@ impl Proxy {
     }
 }
 
-/// Builds the request for one route from the client's request parts and its (already cleaned) headers.
+/// Builds the request for one route from the client's request parts and its (already cleaned)
+/// headers. The URI is in origin form (path and query); the connection already knows the host.
 fn upstream_request(
     route: &Route,
     parts: &http::request::Parts,
@@ -257,24 +266,29 @@ fn upstream_request(
     body: Bytes,
     channel: &Channel,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let scheme = if route.secured { "https" } else { "http" };
-    let path = route.rewrite.apply(parts.uri.path());
-    let uri = match parts.uri.query() {
-        Some(query) => format!("{scheme}://{}{path}?{query}", route.authority),
-        None => format!("{scheme}://{}{path}", route.authority),
+    let path_and_query = match (&route.rewrite, parts.uri.path_and_query()) {
+        (PathRewrite::Keep, Some(original)) => original.clone(),
+        _ => {
+            let path = route.rewrite.apply(parts.uri.path());
+            let target = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            PathAndQuery::try_from(target).map_err(|e| ProxyError::Internal {
+                channel: channel.name.clone(),
+                cause: format!("route `{}` gives an invalid path: {e}", route.name),
+            })?
+        }
     };
-    let uri: Uri = uri.parse().map_err(|e| ProxyError::Internal {
-        channel: channel.name.clone(),
-        cause: format!("route `{}` gives an invalid URI: {e}", route.name),
-    })?;
     headers::route_auth(
         &mut headers,
         route.forward_auth_header,
         route.basic_auth.as_ref(),
     );
+    headers.insert(header::HOST, route.host_header.clone());
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
+    *request.uri_mut() = Uri::from(path_and_query);
     *request.headers_mut() = headers;
     Ok(request)
 }
