@@ -30,7 +30,7 @@ pub use workers::{Listeners, run};
 pub struct Shared {
     pub config: Arc<Config>,
     pub channels: ArcSwap<ChannelTable>,
-    /// TLS settings for `secured` routes: the system's root certificates.
+    /// TLS settings for `secured` routes: the system's root certificates plus `upstream.ca_files`.
     pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
@@ -39,15 +39,22 @@ impl Shared {
         let channels = ChannelTable::new(config.channels.iter().cloned());
         Ok(Shared {
             channels: ArcSwap::from_pointee(channels),
-            upstream_tls: Arc::new(upstream_tls_config()?),
+            upstream_tls: Arc::new(upstream_tls_config(&config.upstream.ca_certs)?),
             config: Arc::new(config),
         })
     }
 }
 
-/// A TLS client configuration trusting the system's root certificates (TLS 1.2 and 1.3).
-fn upstream_tls_config() -> anyhow::Result<rustls::ClientConfig> {
+/// A TLS client configuration trusting the system's root certificates and `extra` (TLS 1.2 and 1.3).
+fn upstream_tls_config(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
+    for cert in extra {
+        roots.add(cert.clone()).map_err(|e| {
+            anyhow::anyhow!("a certificate in upstream.ca_files is not usable: {e}")
+        })?;
+    }
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
         tracing::warn!(%error, "Could not load a system root certificate.");

@@ -1,11 +1,12 @@
 //! Where the `mediary` executable under test comes from.
 //!
 //! `MEDIARY_BIN` wins (CI can test a release build, or a binary built
-//! elsewhere). Otherwise the workspace builds it with the profile of the
-//! running tests, into the workspace's own target directory, so the build
-//! shares artifacts with a plain `cargo build -p mediary`. No `--target` is
-//! passed on purpose: it would move the artifacts to `target/<triple>/` and
-//! rebuild every dependency a second time.
+//! elsewhere). Otherwise the workspace builds it, in the dev profile, into the
+//! workspace's target directory, as `cargo build --workspace --bin mediary`:
+//! features are then unified across the whole workspace exactly as in
+//! `cargo test --workspace`, so the two share every artifact (`-p mediary`
+//! alone would build mediary a second time, with other features, on every
+//! test run).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -23,15 +24,36 @@ pub fn mediary_bin() -> &'static Path {
             );
             return path;
         }
-        let manifest = workspace_root().join("Cargo.toml");
-        let built = escargot::CargoBuild::new()
-            .manifest_path(&manifest)
-            .package("mediary")
-            .bin("mediary")
-            .current_release()
-            .run()
-            .unwrap_or_else(|error| panic!("cargo could not build mediary: {error}"));
-        built.path().to_path_buf()
+        // `cargo build --workspace`: features are unified across the workspace exactly as in
+        // `cargo test --workspace`, so the two share every artifact and nothing is rebuilt.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--bin",
+                "mediary",
+                "--manifest-path",
+            ])
+            .arg(workspace_root().join("Cargo.toml"))
+            .status()
+            .unwrap_or_else(|error| panic!("cannot run cargo to build mediary: {error}"));
+        assert!(status.success(), "cargo could not build mediary ({status})");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let path = target.join(profile).join("mediary");
+        assert!(
+            path.is_file(),
+            "cargo built mediary, but not at {}",
+            path.display()
+        );
+        path
     })
 }
 

@@ -34,12 +34,14 @@ pub mod client;
 pub mod linux;
 pub mod mediary;
 pub mod raw;
+pub mod tls;
 pub mod upstream;
 
 pub use client::{Client, Reply};
 pub use hyper::Method;
 pub use mediary::{Finished, Launch, Mediary};
 pub use raw::{RawConnection, RawResponse};
+pub use tls::{ServerCert, TestCa};
 pub use upstream::{Answer, Seen, Upstream};
 
 /// The runtime behind every upstream server and client call of the test

@@ -20,7 +20,10 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::task::{AbortHandle, JoinSet};
 
+use tokio_rustls::TlsAcceptor;
+
 use crate::runtime;
+use crate::tls::ServerCert;
 
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
@@ -163,14 +166,36 @@ impl Upstream {
         Self::serving(listener, Arc::new(handler))
     }
 
+    /// Like [`Upstream::fixed`], over HTTPS with the given certificate.
+    pub fn tls(cert: ServerCert, status: u16, body: &'static str) -> Self {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(cert.chain, cert.key)
+        .expect("a usable server certificate");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream");
+        Self::start(
+            listener,
+            Arc::new(move |_: &Seen| Answer::status(status).body(body)),
+            Some(TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
     fn serving(listener: std::net::TcpListener, handler: Handler) -> Self {
+        Self::start(listener, handler, None)
+    }
+
+    fn start(listener: std::net::TcpListener, handler: Handler, tls: Option<TlsAcceptor>) -> Self {
         listener
             .set_nonblocking(true)
             .expect("a nonblocking upstream listener");
         let addr = listener.local_addr().expect("the upstream address");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let server = runtime()
-            .spawn(serve(listener, handler, Arc::clone(&seen)))
+            .spawn(serve(listener, handler, Arc::clone(&seen), tls))
             .abort_handle();
         Upstream { addr, seen, server }
     }
@@ -238,7 +263,12 @@ fn echo(seen: &Seen) -> Answer {
 
 /// Accepts until aborted; aborting drops the `JoinSet`, which aborts every
 /// connection still open (e.g. one sleeping in a slow answer).
-async fn serve(listener: std::net::TcpListener, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    tls: Option<TlsAcceptor>,
+) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio upstream listener");
     let mut connections = JoinSet::new();
     loop {
@@ -247,6 +277,7 @@ async fn serve(listener: std::net::TcpListener, handler: Handler, seen: Arc<Mute
                 let Ok((stream, peer)) = accepted else { continue };
                 let handler = Arc::clone(&handler);
                 let seen = Arc::clone(&seen);
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |request| {
                         answer(request, peer, Arc::clone(&handler), Arc::clone(&seen))
@@ -255,11 +286,16 @@ async fn serve(listener: std::net::TcpListener, handler: Handler, seen: Arc<Mute
                     // proxy's business; the test looks at what was recorded.
                     // Roomier than any proxy limit under test, so that a
                     // 431 or 413 the client gets is the proxy's own.
-                    let _ = http1::Builder::new()
-                        .max_headers(1000)
-                        .max_buf_size(4 * 1024 * 1024)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let mut builder = http1::Builder::new();
+                    builder.max_headers(1000).max_buf_size(4 * 1024 * 1024);
+                    let _ = match tls {
+                        None => builder.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                            // A refused handshake is what some tests are after.
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

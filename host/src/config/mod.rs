@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::Value;
 
 use crate::channel::Channel;
@@ -123,6 +125,12 @@ pub struct Upstream {
     pub max_idle_per_host: usize,
     /// An idle pooled connection is closed after this long. Default 90 s.
     pub pool_idle_timeout: Duration,
+    /// Extra certificate authorities, as PEM files, that `secured` routes trust besides the system's
+    /// root certificates (for upstreams with certificates from an internal CA). Relative paths are
+    /// relative to the config file's folder. Default none.
+    pub ca_files: Vec<PathBuf>,
+    /// The certificates read from `ca_files`.
+    pub ca_certs: Vec<CertificateDer<'static>>,
 }
 
 /// `[log]`: what Mediary logs.
@@ -165,14 +173,21 @@ impl Config {
             }],
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        Config::parse(&text).map_err(|errors| ConfigError {
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse_in(&text, base).map_err(|errors| ConfigError {
             file: path.to_owned(),
             errors,
         })
     }
 
-    /// Checks a configuration given as TOML text.
+    /// Checks a configuration given as TOML text; relative paths in it are relative to the current
+    /// directory.
     pub fn parse(text: &str) -> Result<Config, Vec<FieldError>> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Checks a configuration given as TOML text; relative paths in it are relative to `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<FieldError>> {
         let table: toml::Table = toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
@@ -192,11 +207,11 @@ impl Config {
                 reason: e.to_string(),
             }]
         })?;
-        Config::from_value(&value)
+        Config::from_value(&value, base)
     }
 
-    /// Checks a configuration given as a value tree.
-    pub fn from_value(value: &Value) -> Result<Config, Vec<FieldError>> {
+    /// Checks a configuration given as a value tree; relative paths are relative to `base`.
+    pub fn from_value(value: &Value, base: &Path) -> Result<Config, Vec<FieldError>> {
         let mut errors = FieldErrors::default();
         let empty = Value::Object(Default::default());
         let mut root = Fields::new("", value, &mut errors);
@@ -211,7 +226,7 @@ impl Config {
         let server = parse_server(server, &mut errors);
         let timeouts = parse_timeouts(timeouts, &mut errors);
         let limits = parse_limits(limits, &mut errors);
-        let upstream = parse_upstream(upstream, &mut errors);
+        let upstream = parse_upstream(upstream, base, &mut errors);
         let log = parse_log(log, &mut errors);
         let channels = parse_channels(channels, &mut errors);
 
@@ -297,14 +312,48 @@ fn parse_limits(value: &Value, errors: &mut FieldErrors) -> Limits {
     limits
 }
 
-fn parse_upstream(value: &Value, errors: &mut FieldErrors) -> Upstream {
+fn parse_upstream(value: &Value, base: &Path, errors: &mut FieldErrors) -> Upstream {
     let mut f = Fields::new("upstream", value, errors);
-    let u = Upstream {
-        max_idle_per_host: f.optional("max_idle_per_host").unwrap_or(256),
-        pool_idle_timeout: f.duration("pool_idle_timeout", Duration::from_secs(90)),
-    };
+    let max_idle_per_host = f.optional("max_idle_per_host").unwrap_or(256);
+    let pool_idle_timeout = f.duration("pool_idle_timeout", Duration::from_secs(90));
+    let ca_files: Vec<PathBuf> = f
+        .optional::<Vec<PathBuf>>("ca_files")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| base.join(p))
+        .collect();
+    let mut ca_certs = Vec::new();
+    for file in &ca_files {
+        match read_certificates(file) {
+            Ok(certs) => ca_certs.extend(certs),
+            Err(reason) => f.error("ca_files", format!("{}: {reason}", file.display())),
+        }
+    }
     f.finish();
-    u
+    Upstream {
+        max_idle_per_host,
+        pool_idle_timeout,
+        ca_files,
+        ca_certs,
+    }
+}
+
+/// Every certificate in a PEM file; a file without one is an error.
+fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("contains no PEM certificate".into());
+    }
+    let mut check = rustls::RootCertStore::empty();
+    for cert in &certs {
+        check
+            .add(cert.clone())
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    Ok(certs)
 }
 
 fn parse_log(value: &Value, errors: &mut FieldErrors) -> Log {

@@ -148,8 +148,21 @@ struct Watched {
 impl Watched {
     /// Called when a read would block: fails the read once the connection's deadline has passed,
     /// otherwise makes sure the timer will wake the task by then.
+    ///
+    /// While a request is in flight there is no deadline, but the timer is kept armed at most one idle
+    /// period ahead: the end of a response wakes nobody, so it is this timer that brings the task back
+    /// to set the idle deadline, which always lies after it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let now = Instant::now();
         let Some((deadline, expiry)) = self.state.deadline(&self.settings) else {
+            let backstop = tokio::time::Instant::from_std(now + self.settings.idle);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(backstop)));
+            if timer.is_elapsed() || timer.deadline() > backstop {
+                timer.as_mut().reset(backstop);
+            }
+            let _ = timer.as_mut().poll(cx);
             return Poll::Pending;
         };
         let timeout = || {
@@ -159,7 +172,7 @@ impl Watched {
             };
             Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
         };
-        if deadline <= Instant::now() {
+        if deadline <= now {
             return timeout();
         }
         let deadline = tokio::time::Instant::from_std(deadline);
