@@ -183,4 +183,22 @@ impl Reply {
             )
         })
     }
+
+    /// The body of one of Mediary's own error responses: JSON, declared as such, with a non-empty
+    /// `error` message and the `blame` given.
+    pub fn json_error(&self, blame: &str) -> serde_json::Value {
+        assert!(
+            self.header("content-type")
+                .is_some_and(|ct| ct.starts_with("application/json")),
+            "content-type: {:?}",
+            self.header("content-type")
+        );
+        let error = self.json();
+        assert!(
+            error["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{error}"
+        );
+        assert_eq!(error["blame"], blame, "{error}");
+        error
+    }
 }

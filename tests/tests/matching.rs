@@ -203,19 +203,7 @@ fn no_matching_channel_answers_404_with_a_json_error() {
     let reply = Client::new().get(mediary.url("/nothing/here")).send();
 
     assert_eq!(reply.status(), 404);
-    assert!(
-        reply
-            .header("content-type")
-            .is_some_and(|ct| ct.starts_with("application/json")),
-        "content-type: {:?}",
-        reply.header("content-type")
-    );
-    let error = reply.json();
-    assert!(
-        error["error"].as_str().is_some_and(|m| !m.is_empty()),
-        "{error}"
-    );
-    assert_eq!(error["blame"], "client", "{error}");
+    reply.json_error("client");
     assert!(upstream.requests().is_empty());
 }
 

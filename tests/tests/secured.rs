@@ -56,8 +56,7 @@ fn a_secured_route_refuses_an_upstream_certificate_it_cannot_verify() {
     let reply = Client::new().get(mediary.url("/secure/x")).send();
 
     assert_eq!(reply.status(), 502, "{}", reply.text());
-    let error = reply.json();
-    assert_eq!(error["blame"], "upstream", "{error}");
+    let error = reply.json_error("upstream");
     assert_eq!(error["route"], "tls upstream", "{error}");
     assert!(
         error["error"].as_str().is_some_and(|m| m.contains("TLS")),

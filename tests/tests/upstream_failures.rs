@@ -7,19 +7,7 @@ use mediary_e2e::{Client, Mediary, Reply, Upstream, unused_port};
 
 /// Checks the JSON error body shared by proxy-made error responses.
 fn assert_upstream_error(reply: &Reply, channel: &str, route: &str) {
-    assert!(
-        reply
-            .header("content-type")
-            .is_some_and(|ct| ct.starts_with("application/json")),
-        "content-type: {:?}",
-        reply.header("content-type")
-    );
-    let error = reply.json();
-    assert!(
-        error["error"].as_str().is_some_and(|m| !m.is_empty()),
-        "{error}"
-    );
-    assert_eq!(error["blame"], "upstream", "{error}");
+    let error = reply.json_error("upstream");
     assert_eq!(error["channel"], channel, "{error}");
     assert_eq!(error["route"], route, "{error}");
     let id = reply
