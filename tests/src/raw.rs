@@ -22,6 +22,8 @@ pub struct RawConnection {
 /// A response as read off the wire.
 #[derive(Clone, Debug)]
 pub struct RawResponse {
+    /// The protocol of the status line, e.g. `HTTP/1.1`.
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -98,7 +100,13 @@ impl RawConnection {
                 .filter_map(|line| line.split_once(':'))
                 .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
                 .collect();
+            let version = status_line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             let mut response = RawResponse {
+                version,
                 status,
                 headers,
                 body: Vec::new(),

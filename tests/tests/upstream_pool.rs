@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use mediary_e2e::{Answer, Client, Mediary, Upstream, public_channel};
+use mediary_e2e::{Answer, Client, Mediary, RawConnection, Upstream, public_channel};
 
 #[test]
 fn sequential_requests_reuse_one_upstream_connection() {
@@ -59,4 +59,47 @@ fn a_restarted_upstream_is_reached_on_a_new_connection() {
     assert_eq!(reply.status(), 200, "{}", reply.text());
     assert_eq!(reply.text(), "second");
     assert_eq!(second.requests().len(), 1);
+}
+
+#[test]
+fn an_http_1_0_upstream_does_not_downgrade_the_clients_connection() {
+    // An old upstream (Python's http.server, many legacy HIS systems) answers HTTP/1.0 and closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nold",
+            );
+        }
+    });
+    let mediary = Mediary::with_config(format!(
+        r#"
+[[channels]]
+name = "legacy"
+urlPattern = "^/"
+methods = ["GET"]
+authType = "public"
+
+[[channels.routes]]
+name = "http/1.0 upstream"
+host = "127.0.0.1"
+port = {port}
+primary = true
+"#
+    ))
+    .start();
+
+    let mut connection = RawConnection::open(mediary.addr());
+    for _ in 0..3 {
+        connection.send("GET /x HTTP/1.1\r\nHost: m\r\n\r\n");
+        let response = connection.read_response();
+        assert_eq!(response.version, "HTTP/1.1");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"old");
+    }
 }

@@ -295,9 +295,11 @@ fn upstream_request(
 
 /// Turns the upstream's response into the client's: hop-by-hop and framing headers removed (hyper
 /// recomputes framing from the body), except the `Content-Length` of bodiless answers to HEAD and 304,
-/// which describes the resource rather than the message.
+/// which describes the resource rather than the message. The HTTP version is the client's connection's
+/// business, not the upstream's: an HTTP/1.0 upstream must not turn the client's answer into HTTP/1.0.
 fn client_response(response: Response<Incoming>, method: &Method) -> Response<Incoming> {
     let (mut parts, body) = response.into_parts();
+    parts.version = http::Version::HTTP_11;
     let keep_length = (*method == Method::HEAD || parts.status == http::StatusCode::NOT_MODIFIED)
         .then(|| parts.headers.get(header::CONTENT_LENGTH).cloned())
         .flatten()
