@@ -80,6 +80,18 @@ impl RawConnection {
     /// Reads one complete response (skipping `1xx` interim responses).
     pub fn read_response(&mut self) -> RawResponse {
         let deadline = Instant::now() + RESPONSE_TIMEOUT;
+        let mut response = self.read_final_head(deadline);
+        response.body = self.read_body(&response, deadline);
+        response
+    }
+
+    /// Reads the head of one response (skipping `1xx` interim responses) and nothing of its body:
+    /// for answers to HEAD, whose `Content-Length` counts no bytes on the wire.
+    pub fn read_head(&mut self) -> RawResponse {
+        self.read_final_head(Instant::now() + RESPONSE_TIMEOUT)
+    }
+
+    fn read_final_head(&mut self, deadline: Instant) -> RawResponse {
         loop {
             let head_end = loop {
                 if let Some(end) = find(&self.unread, b"\r\n\r\n") {
@@ -105,17 +117,15 @@ impl RawConnection {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            let mut response = RawResponse {
+            if (100..200).contains(&status) {
+                continue;
+            }
+            return RawResponse {
                 version,
                 status,
                 headers,
                 body: Vec::new(),
             };
-            if (100..200).contains(&status) {
-                continue;
-            }
-            response.body = self.read_body(&response, deadline);
-            return response;
         }
     }
 

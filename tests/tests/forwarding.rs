@@ -3,7 +3,7 @@
 //! must drop or add, and the transaction id.
 
 use mediary_e2e::{
-    Answer, Client, Mediary, Method, Upstream, is_uuid_v7, public_channel,
+    Answer, Client, Mediary, Method, RawConnection, Upstream, is_uuid_v7, public_channel,
     public_channel_with_route,
 };
 
@@ -417,4 +417,34 @@ status = "disabled"
         disabled.requests().is_empty(),
         "a disabled route got a copy"
     );
+}
+
+#[test]
+fn a_head_answer_keeps_the_upstreams_content_length() {
+    // The Content-Length of a HEAD answer describes the resource; there is no body to count.
+    let upstream = Upstream::fixed(200, "twelve bytes");
+    let mediary = Mediary::with_config(format!(
+        r#"
+[[channels]]
+name = "head"
+urlPattern = "^/"
+methods = ["HEAD"]
+authType = "public"
+
+[[channels.routes]]
+name = "upstream"
+host = "127.0.0.1"
+port = {}
+primary = true
+"#,
+        upstream.port()
+    ))
+    .start();
+    let mut connection = RawConnection::open(mediary.addr());
+
+    connection.send("HEAD /x HTTP/1.1\r\nHost: m\r\n\r\n");
+    let response = connection.read_head();
+
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-length"), Some("12"));
 }
