@@ -29,7 +29,14 @@ pub struct Listeners {
 impl Listeners {
     /// Binds one SO_REUSEPORT socket per worker on `addr`. With port 0 the first socket picks a free
     /// port and the others join it.
+    ///
+    /// SO_REUSEPORT would also let this process join a port that another process (of the same user)
+    /// already serves with it, silently splitting the traffic between the two; so a named port is
+    /// first bound once without it, which fails if anyone already listens there.
     pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listeners> {
+        if addr.port() != 0 {
+            drop(std::net::TcpListener::bind(addr)?);
+        }
         let first = reuseport_listener(addr)?;
         let addr = first.local_addr()?;
         let mut proxy = vec![first];

@@ -1,11 +1,11 @@
 //! Graceful shutdown: on SIGTERM Mediary stops accepting, lets the requests
-//! in flight finish, and exits 0.
+//! in flight finish, and exits 0. And it never starts on a port already served.
 
 use std::time::{Duration, Instant};
 
 use std::net::TcpStream;
 
-use mediary_e2e::{Client, Mediary, Upstream, public_channel};
+use mediary_e2e::{Client, Mediary, Upstream, public_channel, unused_port};
 
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
@@ -74,4 +74,31 @@ fn sigterm_with_only_idle_connections_exits_0_promptly() {
         signalled.elapsed()
     );
     drop(client);
+}
+
+#[test]
+fn a_second_mediary_on_a_port_in_use_refuses_to_start() {
+    // SO_REUSEPORT would let a second instance quietly share the port and half the traffic.
+    let upstream = Upstream::fixed(200, "first");
+    let port = unused_port();
+    let config = format!(
+        "[server]\nbind = \"127.0.0.1\"\nhttp_port = {port}\napi_port = 0\nworkers = 2\n{}",
+        public_channel("one", "^/", &upstream)
+    );
+    let first = Mediary::with_config(config.clone()).start();
+    assert_eq!(first.addr().port(), port);
+
+    let second = Mediary::with_config(config).run_until_exit();
+
+    assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        Client::new().get(first.url("/")).send().text(),
+        "first",
+        "the first instance still serves"
+    );
 }
