@@ -39,22 +39,15 @@ impl Shared {
         let channels = ChannelTable::new(config.channels.iter().cloned());
         Ok(Shared {
             channels: ArcSwap::from_pointee(channels),
-            upstream_tls: Arc::new(upstream_tls_config(&config.upstream.ca_certs)?),
+            upstream_tls: Arc::new(upstream_tls_config(config.upstream.ca_roots.clone())?),
             config: Arc::new(config),
         })
     }
 }
 
-/// A TLS client configuration trusting the system's root certificates and `extra` (TLS 1.2 and 1.3).
-fn upstream_tls_config(
-    extra: &[rustls::pki_types::CertificateDer<'static>],
-) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in extra {
-        roots.add(cert.clone()).map_err(|e| {
-            anyhow::anyhow!("a certificate in upstream.ca_files is not usable: {e}")
-        })?;
-    }
+/// A TLS client configuration trusting `roots` (from `upstream.ca_files`) and the system's root
+/// certificates (TLS 1.2 and 1.3).
+fn upstream_tls_config(mut roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
         tracing::warn!(%error, "Could not load a system root certificate.");

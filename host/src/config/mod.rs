@@ -125,12 +125,10 @@ pub struct Upstream {
     pub max_idle_per_host: usize,
     /// An idle pooled connection is closed after this long. Default 90 s.
     pub pool_idle_timeout: Duration,
-    /// Extra certificate authorities, as PEM files, that `secured` routes trust besides the system's
-    /// root certificates (for upstreams with certificates from an internal CA). Relative paths are
-    /// relative to the config file's folder. Default none.
-    pub ca_files: Vec<PathBuf>,
-    /// The certificates read from `ca_files`.
-    pub ca_certs: Vec<CertificateDer<'static>>,
+    /// `ca_files`: extra certificate authorities, as PEM files, that `secured` routes trust besides the
+    /// system's root certificates (for upstreams with certificates from an internal CA). Relative
+    /// paths are relative to the config file's folder. Default none. Read and checked once, here.
+    pub ca_roots: rustls::RootCertStore,
 }
 
 /// `[log]`: what Mediary logs.
@@ -316,30 +314,24 @@ fn parse_upstream(value: &Value, base: &Path, errors: &mut FieldErrors) -> Upstr
     let mut f = Fields::new("upstream", value, errors);
     let max_idle_per_host = f.optional("max_idle_per_host").unwrap_or(256);
     let pool_idle_timeout = f.duration("pool_idle_timeout", Duration::from_secs(90));
-    let ca_files: Vec<PathBuf> = f
-        .optional::<Vec<PathBuf>>("ca_files")
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| base.join(p))
-        .collect();
-    let mut ca_certs = Vec::new();
-    for file in &ca_files {
-        match read_certificates(file) {
-            Ok(certs) => ca_certs.extend(certs),
-            Err(reason) => f.error("ca_files", format!("{}: {reason}", file.display())),
+    let ca_files = f.optional::<Vec<PathBuf>>("ca_files").unwrap_or_default();
+    let mut ca_roots = rustls::RootCertStore::empty();
+    for file in ca_files.into_iter().map(|p| base.join(p)) {
+        if let Err(reason) = add_certificates(&mut ca_roots, &file) {
+            f.error("ca_files", format!("{}: {reason}", file.display()));
         }
     }
     f.finish();
     Upstream {
         max_idle_per_host,
         pool_idle_timeout,
-        ca_files,
-        ca_certs,
+        ca_roots,
     }
 }
 
-/// Every certificate in a PEM file; a file without one is an error.
-fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Adds every certificate in a PEM file to `roots`; a file without one, or with one that cannot be a
+/// trust anchor, is an error.
+fn add_certificates(roots: &mut rustls::RootCertStore, file: &Path) -> Result<(), String> {
     let certs = CertificateDer::pem_file_iter(file)
         .map_err(|e| format!("cannot read: {e}"))?
         .collect::<Result<Vec<_>, _>>()
@@ -347,13 +339,12 @@ fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, String
     if certs.is_empty() {
         return Err("contains no PEM certificate".into());
     }
-    let mut check = rustls::RootCertStore::empty();
-    for cert in &certs {
-        check
-            .add(cert.clone())
+    for cert in certs {
+        roots
+            .add(cert)
             .map_err(|e| format!("not a usable CA certificate: {e}"))?;
     }
-    Ok(certs)
+    Ok(())
 }
 
 fn parse_log(value: &Value, errors: &mut FieldErrors) -> Log {

@@ -135,6 +135,17 @@ enum Expiry {
     Head,
 }
 
+impl Expiry {
+    /// The read error that ends the connection.
+    fn timed_out<T>(self) -> Poll<io::Result<T>> {
+        let what = match self {
+            Expiry::Idle => "idle keep-alive connection timed out",
+            Expiry::Head => "request head not received in time",
+        };
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+    }
+}
+
 /// A socket that reports what it reads to the connection's [`ConnState`] and closes the connection
 /// when it stays idle, or a head stays incomplete, for too long.
 struct Watched {
@@ -154,45 +165,34 @@ impl Watched {
     /// to set the idle deadline, which always lies after it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let now = Instant::now();
-        let Some((deadline, expiry)) = self.state.deadline(&self.settings) else {
-            let backstop = tokio::time::Instant::from_std(now + self.settings.idle);
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(backstop)));
-            if timer.is_elapsed() || timer.deadline() > backstop {
-                timer.as_mut().reset(backstop);
-            }
-            let _ = timer.as_mut().poll(cx);
-            return Poll::Pending;
+        let (wake_at, expiry) = match self.state.deadline(&self.settings) {
+            Some((deadline, expiry)) => (deadline, Some(expiry)),
+            None => (now + self.settings.idle, None),
         };
-        let timeout = || {
-            let what = match expiry {
-                Expiry::Idle => "idle keep-alive connection timed out",
-                Expiry::Head => "request head not received in time",
-            };
-            Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
-        };
-        if deadline <= now {
-            return timeout();
+        if let Some(expiry) = expiry
+            && wake_at <= now
+        {
+            return expiry.timed_out();
         }
-        let deadline = tokio::time::Instant::from_std(deadline);
+        let wake_at = tokio::time::Instant::from_std(wake_at);
         let timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake_at)));
         // A timer set earlier than needed is left alone and moved when it fires; one set too late
         // (a head started) or already spent is moved now.
-        if timer.deadline() > deadline || timer.is_elapsed() {
-            timer.as_mut().reset(deadline);
+        if timer.deadline() > wake_at || timer.is_elapsed() {
+            timer.as_mut().reset(wake_at);
         }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) if deadline <= tokio::time::Instant::now() => timeout(),
-            Poll::Ready(()) => {
-                timer.as_mut().reset(deadline);
-                let _ = timer.as_mut().poll(cx);
-                Poll::Pending
+        if timer.as_mut().poll(cx).is_ready() {
+            if let Some(expiry) = expiry
+                && wake_at <= tokio::time::Instant::now()
+            {
+                return expiry.timed_out();
             }
-            Poll::Pending => Poll::Pending,
+            timer.as_mut().reset(wake_at);
+            let _ = timer.as_mut().poll(cx);
         }
+        Poll::Pending
     }
 }
 

@@ -78,6 +78,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open, and not idle for longer than `timeout`.
+    fn usable(&self, timeout: Duration) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() < timeout
+    }
+}
+
 /// A connection lent for one exchange. Give it back with [`Lease::release`] once the response body
 /// has been read to its end; dropping it instead closes the connection.
 pub struct Lease {
@@ -158,7 +165,7 @@ impl Upstreams {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < self.settings.idle_timeout {
+            if entry.usable(self.settings.idle_timeout) {
                 return Some(entry.sender);
             }
         }
@@ -190,7 +197,7 @@ impl Upstreams {
         };
         let timeout = self.settings.idle_timeout;
         for list in idle.values_mut() {
-            list.retain(|e| !e.sender.is_closed() && e.since.elapsed() < timeout);
+            list.retain(|e| e.usable(timeout));
         }
         idle.retain(|_, list| !list.is_empty());
     }
