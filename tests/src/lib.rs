@@ -71,7 +71,13 @@ pub fn unused_port() -> u16 {
 /// TOML for a public channel that accepts every method on `url_pattern` and
 /// sends it to `upstream` through one primary route named `"<name> route"`.
 pub fn public_channel(name: &str, url_pattern: &str, upstream: &Upstream) -> String {
-    channel_toml(name, url_pattern, upstream, "", "")
+    channel_toml(name, url_pattern, upstream.port(), "", "")
+}
+
+/// Like [`public_channel`], to whatever listens on `port` of 127.0.0.1 (a hand-made server, or
+/// nothing at all).
+pub fn public_channel_to_port(name: &str, url_pattern: &str, port: u16) -> String {
+    channel_toml(name, url_pattern, port, "", "")
 }
 
 /// Like [`public_channel`], with extra channel keys (e.g. `maxBodySize = 1024`).
@@ -81,7 +87,7 @@ pub fn public_channel_with_keys(
     upstream: &Upstream,
     channel_keys: &str,
 ) -> String {
-    channel_toml(name, url_pattern, upstream, channel_keys, "")
+    channel_toml(name, url_pattern, upstream.port(), channel_keys, "")
 }
 
 /// Like [`public_channel`], with extra route keys (e.g. `path = "/fixed"`).
@@ -91,13 +97,13 @@ pub fn public_channel_with_route(
     upstream: &Upstream,
     route_keys: &str,
 ) -> String {
-    channel_toml(name, url_pattern, upstream, "", route_keys)
+    channel_toml(name, url_pattern, upstream.port(), "", route_keys)
 }
 
 fn channel_toml(
     name: &str,
     url_pattern: &str,
-    upstream: &Upstream,
+    port: u16,
     channel_keys: &str,
     route_keys: &str,
 ) -> String {
@@ -116,8 +122,7 @@ host = "127.0.0.1"
 port = {port}
 primary = true
 {route_keys}
-"#,
-        port = upstream.port()
+"#
     )
 }
 

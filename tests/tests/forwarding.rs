@@ -423,23 +423,7 @@ status = "disabled"
 fn a_head_answer_keeps_the_upstreams_content_length() {
     // The Content-Length of a HEAD answer describes the resource; there is no body to count.
     let upstream = Upstream::fixed(200, "twelve bytes");
-    let mediary = Mediary::with_config(format!(
-        r#"
-[[channels]]
-name = "head"
-urlPattern = "^/"
-methods = ["HEAD"]
-authType = "public"
-
-[[channels.routes]]
-name = "upstream"
-host = "127.0.0.1"
-port = {}
-primary = true
-"#,
-        upstream.port()
-    ))
-    .start();
+    let mediary = Mediary::with_config(public_channel("head", "^/", &upstream)).start();
     let mut connection = RawConnection::open(mediary.addr());
 
     connection.send("HEAD /x HTTP/1.1\r\nHost: m\r\n\r\n");

@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use mediary_e2e::{Answer, Client, Mediary, RawConnection, Upstream, public_channel};
+use mediary_e2e::{
+    Answer, Client, Mediary, RawConnection, Upstream, public_channel, public_channel_to_port,
+};
 
 #[test]
 fn sequential_requests_reuse_one_upstream_connection() {
@@ -77,22 +79,7 @@ fn an_http_1_0_upstream_does_not_downgrade_the_clients_connection() {
             );
         }
     });
-    let mediary = Mediary::with_config(format!(
-        r#"
-[[channels]]
-name = "legacy"
-urlPattern = "^/"
-methods = ["GET"]
-authType = "public"
-
-[[channels.routes]]
-name = "http/1.0 upstream"
-host = "127.0.0.1"
-port = {port}
-primary = true
-"#
-    ))
-    .start();
+    let mediary = Mediary::with_config(public_channel_to_port("legacy", "^/", port)).start();
 
     let mut connection = RawConnection::open(mediary.addr());
     for _ in 0..3 {
