@@ -14,6 +14,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::config::fields::{FieldErrors, Fields};
+use crate::metrics::ChannelMetrics;
 
 /// The longest per-channel upstream timeout OpenHIM accepts (one hour), in milliseconds.
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
@@ -334,6 +335,9 @@ impl Route {
 /// A channel: which requests it matches, who may use it, and its routes.
 #[derive(Debug, Clone)]
 pub struct Channel {
+    /// The channel's id (OpenHIM's `_id`): assigned by the store when the channel is first saved;
+    /// empty for a channel read from the config file until it is.
+    pub id: Arc<str>,
     pub name: String,
     pub description: Option<String>,
     pub url_pattern: UrlPattern,
@@ -348,6 +352,18 @@ pub struct Channel {
     pub max_body_size: Option<u64>,
     pub auth_type: AuthType,
     pub routes: Vec<Route>,
+    /// Store request bodies in transactions (OpenHIM's `requestBody`). Default true.
+    pub request_body: bool,
+    /// Store response bodies in transactions (OpenHIM's `responseBody`). Default true.
+    pub response_body: bool,
+    /// Stored bodies older than this many days are removed by the retention job (`maxBodyAgeDays`).
+    pub max_body_age_days: Option<u32>,
+    /// Most bytes of bodies stored per transaction (`maxStoredBodySize`); `None` = the global
+    /// `recording.max_bodies_size`.
+    pub max_stored_body_size: Option<u64>,
+    /// This channel's counters, shared with every earlier and later version of it (set when the
+    /// channel table is built; see [`crate::metrics::Metrics::channel`]).
+    pub metrics: Arc<ChannelMetrics>,
     /// Index into `routes` of the one enabled primary route.
     primary: usize,
 }
@@ -357,6 +373,7 @@ impl Channel {
     pub fn parse(path: String, value: &Value, errors: &mut FieldErrors) -> Option<Channel> {
         let before = errors.0.len();
         let mut f = Fields::new(path, value, errors);
+        let id = f.parsed("_id", non_empty).unwrap_or_default();
         let name = f.parsed("name", non_empty);
         if name.is_none() && f.raw("name").is_none() {
             f.error("name", "is required");
@@ -413,6 +430,25 @@ impl Channel {
                 other => Err(format!("`{other}` is not \"public\" or \"private\"")),
             })
             .unwrap_or(AuthType::Private);
+        let request_body = f.optional::<bool>("requestBody").unwrap_or(true);
+        let response_body = f.optional::<bool>("responseBody").unwrap_or(true);
+        let max_body_age_days = f.parsed("maxBodyAgeDays", |d: u64| {
+            u32::try_from(d)
+                .ok()
+                .filter(|d| (1..=36_500).contains(d))
+                .ok_or_else(|| format!("{d} is out of range; it is 1 to 36500 days"))
+        });
+        if max_body_age_days.is_some() && !request_body && !response_body {
+            f.error(
+                "maxBodyAgeDays",
+                "needs requestBody or responseBody: this channel stores no bodies to remove",
+            );
+        }
+        let max_stored_body_size = f
+            .raw("maxStoredBodySize")
+            .is_some()
+            .then(|| f.size("maxStoredBodySize", 0))
+            .filter(|s| *s > 0);
         if let Some(t) = f.optional::<String>("type").filter(|t| t != "http") {
             f.error(
                 "type",
@@ -470,6 +506,7 @@ impl Channel {
             return None;
         }
         Some(Channel {
+            id: Arc::from(id.as_str()),
             name: name?,
             description,
             url_pattern: url_pattern?,
@@ -479,6 +516,11 @@ impl Channel {
             timeout,
             max_body_size,
             auth_type,
+            request_body,
+            response_body,
+            max_body_age_days,
+            max_stored_body_size,
+            metrics: Arc::default(),
             primary: primaries[0],
             routes,
         })

@@ -6,42 +6,81 @@
 //! - [`channel`]: OpenHIM's channel model: matching by pattern, method and priority; routes.
 //! - [`workers`]: N pinned worker threads, each with its own runtime and SO_REUSEPORT listener.
 //! - [`proxy`]: the data path from client to upstream and back, and the one error → response mapping.
+//! - [`transaction`]: the transaction record (OpenHIM's model), its status rules and encodings.
+//! - [`recorder`]: each worker's write-ahead spool, and the writer that drains it into the store.
+//! - [`store`]: the `Store` trait (documents, transactions, state) and its embedded redb backend.
+//! - [`api`]: the management API (channels, transactions, rerun, health, metrics, users).
+//! - [`metrics`]: per-channel and per-worker counters, rendered for Prometheus.
 //!
 //! The server is [`run`]: it takes bound listeners and a shutdown future, so tests bind port 0.
 
+pub mod api;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
+pub mod recorder;
+pub mod store;
+pub mod transaction;
 pub mod workers;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use uuid::Uuid;
 
 use channel::ChannelTable;
 use config::Config;
+use metrics::Metrics;
+use store::Store;
+use transaction::Timestamp;
 
 pub use workers::{Listeners, run};
 
-/// What every worker shares: the configuration and the live channel table (swapped atomically when
-/// channels change, so a request always sees one consistent table).
+/// What every worker (and the API) shares: the configuration, the live channel table (swapped
+/// atomically when channels change, so a request always sees one consistent table), the store and
+/// the counters.
 #[derive(Debug)]
 pub struct Shared {
     pub config: Arc<Config>,
     pub channels: ArcSwap<ChannelTable>,
     /// TLS settings for `secured` routes: the system's root certificates plus `upstream.ca_files`.
     pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// When this process started (for `/heartbeat`).
+    pub started: Instant,
+    /// Milliseconds since the epoch before which every transaction is in the store: set by the
+    /// recorder after each drain. Listings stop there so that their pages stay put (see
+    /// [`Shared::snapshot_bound`]).
+    pub recorded_until: AtomicU64,
+    /// Set once every worker serves; cleared when shutting down (for `/health/ready`).
+    pub ready: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        let channels = ChannelTable::new(config.channels.iter().cloned());
+    pub fn new(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         Ok(Shared {
-            channels: ArcSwap::from_pointee(channels),
+            channels: ArcSwap::from_pointee(ChannelTable::default()),
             upstream_tls: Arc::new(upstream_tls_config(config.upstream.ca_roots.clone())?),
             config: Arc::new(config),
+            store,
+            metrics: Arc::default(),
+            started: Instant::now(),
+            recorded_until: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
         })
+    }
+
+    /// The highest transaction id a listing made now may show: every transaction up to it is already
+    /// in the store, so a later page of the same listing (passing this back as its snapshot) sees
+    /// exactly the records the first page saw below it, however many arrive meanwhile.
+    pub fn snapshot_bound(&self) -> Uuid {
+        let until = self.recorded_until.load(Ordering::Acquire);
+        Timestamp(until).first_id()
     }
 }
 

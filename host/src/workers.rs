@@ -74,7 +74,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addr = listeners.proxy_addr()?;
     let workers = listeners.proxy.len();
-    let shared = Arc::new(Shared::new(config)?);
+    let store: Arc<dyn crate::store::Store> = todo_store(&config)?;
+    let shared = Arc::new(Shared::new(config, store)?);
     let (stop, stopped) = watch::channel(false);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads: Vec<(JoinHandle<()>, oneshot::Receiver<()>)> = Vec::with_capacity(workers);
@@ -233,4 +234,9 @@ impl Worker {
             tracing::debug!(worker = index, drained = open, "Worker drained.");
         }
     }
+}
+
+fn todo_store(config: &Config) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+    let _ = crate::store::embedded::EmbeddedStore::open(&config.store.data_dir)?;
+    anyhow::bail!("store not wired yet")
 }

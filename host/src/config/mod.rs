@@ -28,7 +28,11 @@ pub struct Config {
     pub limits: Limits,
     pub upstream: Upstream,
     pub log: Log,
-    /// The channels loaded at start.
+    pub store: StoreConfig,
+    pub recording: Recording,
+    pub retention: Retention,
+    pub api: Api,
+    /// The channels loaded at start (upserted into the store by name).
     pub channels: Vec<Channel>,
 }
 
@@ -43,6 +47,11 @@ pub struct Server {
     pub api_port: u16,
     /// How many worker threads serve the proxy. Default `auto`: one per core.
     pub workers: Workers,
+    /// Address the management API listens on. Default `127.0.0.1`: the API speaks plain HTTP until
+    /// TLS is configured, so it is not exposed beyond this machine unless an operator says so.
+    pub api_bind: IpAddr,
+    /// This instance's name, recorded on every transaction it serves. Default: the host name.
+    pub instance: String,
 }
 
 /// A worker count: a number, or `auto` for one per available core.
@@ -139,6 +148,62 @@ pub struct Log {
     pub level: String,
 }
 
+/// `[store]`: where Mediary keeps its state.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Folder of the embedded store (`mediary.redb`) and the transaction spool (`spool/`). Relative
+    /// paths are relative to the config file's folder. Default `data` (`config/default.toml` sets
+    /// `../data`, i.e. `data/` beside `config/`). Created if missing.
+    pub data_dir: PathBuf,
+}
+
+/// `[recording]`: how transactions are recorded.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// Record transactions at all. Default true. Off, nothing is spooled or stored (for benchmarks
+    /// and for deployments that only route).
+    pub enabled: bool,
+    /// The spool is flushed to disk (fdatasync) at least this often: the group commit. Default 5 ms.
+    pub flush_interval: Duration,
+    /// Wait for the spool to be on disk before a response completes. Default false: a record always
+    /// reaches the kernel before its response completes (so a killed process loses nothing), but a
+    /// power loss can lose the last `flush_interval` of records. True closes that window at the cost
+    /// of latency.
+    pub fsync_before_respond: bool,
+    /// How long spooled records may wait before they are written to the store, so that the stages of
+    /// one transaction are usually merged into one write. Default 20 ms.
+    pub drain_interval: Duration,
+    /// A spool segment file is closed and a new one started past this size. Default 64 MiB.
+    pub segment_size: u64,
+    /// Most bytes of bodies stored per transaction, all bodies together (OpenHIM's `maxBodiesSizeMB`).
+    /// Default 15 MiB. A channel's `maxStoredBodySize` overrides it.
+    pub max_bodies_size: u64,
+}
+
+/// `[retention]`: how long transaction records are kept.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Whole records older than this are deleted. Default none: kept until deleted by hand. Bodies
+    /// are removed earlier per channel with `maxBodyAgeDays`.
+    pub max_age: Option<Duration>,
+    /// How often the retention job runs. Default 1 h.
+    pub interval: Duration,
+}
+
+/// `[api]`: the management API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Email of the root user created on first start. Default `root@openhim.org`, as OpenHIM, so that
+    /// existing scripts and mediator libraries work unchanged.
+    pub root_email: String,
+    /// The root user's first password. `MEDIARY_ROOT_PASSWORD`, when set, wins; with neither, a
+    /// random password is generated and printed once in the log. Only used when the root user is
+    /// created.
+    pub root_password: Option<String>,
+    /// Largest request body the API accepts; over it, 413. Default 16 MiB.
+    pub max_payload: u64,
+}
+
 /// Everything wrong with a configuration file.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -218,6 +283,10 @@ impl Config {
         let limits = root.raw("limits").unwrap_or(&empty);
         let upstream = root.raw("upstream").unwrap_or(&empty);
         let log = root.raw("log").unwrap_or(&empty);
+        let store = root.raw("store").unwrap_or(&empty);
+        let recording = root.raw("recording").unwrap_or(&empty);
+        let retention = root.raw("retention").unwrap_or(&empty);
+        let api = root.raw("api").unwrap_or(&empty);
         let channels = root.raw("channels");
         root.finish();
 
@@ -226,6 +295,10 @@ impl Config {
         let limits = parse_limits(limits, &mut errors);
         let upstream = parse_upstream(upstream, base, &mut errors);
         let log = parse_log(log, &mut errors);
+        let store = parse_store(store, base, &mut errors);
+        let recording = parse_recording(recording, &mut errors);
+        let retention = parse_retention(retention, &mut errors);
+        let api = parse_api(api, &mut errors);
         let channels = parse_channels(channels, &mut errors);
 
         if errors.is_empty() {
@@ -235,6 +308,10 @@ impl Config {
                 limits,
                 upstream,
                 log,
+                store,
+                recording,
+                retention,
+                api,
                 channels,
             })
         } else {
@@ -263,12 +340,106 @@ fn parse_server(value: &Value, errors: &mut FieldErrors) -> Server {
             )),
         })
         .unwrap_or(Workers::Auto);
+    let api_bind = f
+        .parsed("api_bind", |s: String| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("`{s}` is not an IP address"))
+        })
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let instance = f
+        .parsed("instance", |s: String| {
+            if s.trim().is_empty() {
+                Err("must not be empty".to_owned())
+            } else {
+                Ok(s)
+            }
+        })
+        .unwrap_or_else(host_name);
     f.finish();
     Server {
         bind,
         http_port,
         api_port,
         workers,
+        api_bind,
+        instance,
+    }
+}
+
+/// This machine's host name, or `mediary` when it has none.
+fn host_name() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mediary".to_owned())
+}
+
+fn parse_store(value: &Value, base: &Path, errors: &mut FieldErrors) -> StoreConfig {
+    let mut f = Fields::new("store", value, errors);
+    let data_dir = f
+        .optional::<PathBuf>("data_dir")
+        .unwrap_or_else(|| PathBuf::from("data"));
+    f.finish();
+    StoreConfig {
+        data_dir: base.join(data_dir),
+    }
+}
+
+fn parse_recording(value: &Value, errors: &mut FieldErrors) -> Recording {
+    let mut f = Fields::new("recording", value, errors);
+    let r = Recording {
+        enabled: f.optional("enabled").unwrap_or(true),
+        flush_interval: f.duration("flush_interval", Duration::from_millis(5)),
+        fsync_before_respond: f.optional("fsync_before_respond").unwrap_or(false),
+        drain_interval: f.duration("drain_interval", Duration::from_millis(20)),
+        segment_size: f.size("segment_size", 64 * 1024 * 1024),
+        max_bodies_size: f.size("max_bodies_size", 15 * 1024 * 1024),
+    };
+    if r.segment_size < 64 * 1024 {
+        f.error("segment_size", "must be at least 64KiB");
+    }
+    f.finish();
+    r
+}
+
+fn parse_retention(value: &Value, errors: &mut FieldErrors) -> Retention {
+    let mut f = Fields::new("retention", value, errors);
+    // Absent means "keep forever"; present, it must be a valid duration (zero is refused).
+    let max_age = f
+        .raw("max_age")
+        .is_some()
+        .then(|| f.duration("max_age", Duration::ZERO))
+        .filter(|a| !a.is_zero());
+    let interval = f.duration("interval", Duration::from_secs(3600));
+    f.finish();
+    Retention { max_age, interval }
+}
+
+fn parse_api(value: &Value, errors: &mut FieldErrors) -> Api {
+    let mut f = Fields::new("api", value, errors);
+    let root_email = f
+        .parsed("root_email", |s: String| {
+            if s.contains('@') {
+                Ok(s.to_ascii_lowercase())
+            } else {
+                Err(format!("`{s}` is not an email address"))
+            }
+        })
+        .unwrap_or_else(|| "root@openhim.org".to_owned());
+    let root_password = f.parsed("root_password", |s: String| {
+        if s.len() >= 8 {
+            Ok(s)
+        } else {
+            Err("must be at least 8 characters".to_owned())
+        }
+    });
+    let max_payload = f.size("max_payload", 16 * 1024 * 1024);
+    f.finish();
+    Api {
+        root_email,
+        root_password,
+        max_payload,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub mod headers;
+pub mod rerun;
 pub mod upstream;
 
 use std::convert::Infallible;

@@ -1,0 +1,1 @@
+//! The management API (written by the API helper).

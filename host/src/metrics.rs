@@ -1,0 +1,243 @@
+//! Counters for `GET /metrics` (Prometheus text), kept in atomics so the data path pays a few
+//! relaxed increments per request.
+//!
+//! Per channel: requests, responses by status class, transaction statuses, a latency histogram.
+//! Per worker: requests and open connections. Figures are per instance.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::transaction::Status;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// One channel's counters. Shared by every worker; kept across channel updates (keyed by id).
+#[derive(Debug, Default)]
+pub struct ChannelMetrics {
+    pub requests: AtomicU64,
+    /// Responses by class: index 0 = 1xx … 4 = 5xx.
+    pub responses: [AtomicU64; 5],
+    /// Final transaction statuses, by [`Status::code`].
+    pub statuses: [AtomicU64; 6],
+    /// Cumulative-style buckets are computed at render time; these are per-bucket counts, the last
+    /// one being +Inf.
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of latencies in microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+impl ChannelMetrics {
+    pub fn response(&self, status: u16, latency: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(latency.as_micros() as u64, Relaxed);
+    }
+
+    pub fn status(&self, status: Status) {
+        self.statuses[usize::from(status.code())].fetch_add(1, Relaxed);
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    pub requests: AtomicU64,
+    pub open_connections: AtomicU64,
+}
+
+/// Every counter of this instance.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// By channel id, with the channel's name as last seen.
+    channels: Mutex<Vec<(Arc<str>, String, Arc<ChannelMetrics>)>>,
+    workers: Mutex<Vec<Arc<WorkerMetrics>>>,
+    /// Records written to the store, and failed store writes (retried).
+    pub records_stored: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// The counters of channel `id` (created on first use); `name` is what they are labelled with.
+    pub fn channel(&self, id: &Arc<str>, name: &str) -> Arc<ChannelMetrics> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = channels.iter_mut().find(|(i, _, _)| i == id) {
+            if entry.1 != name {
+                entry.1 = name.to_owned();
+            }
+            return Arc::clone(&entry.2);
+        }
+        let metrics = Arc::new(ChannelMetrics::default());
+        channels.push((Arc::clone(id), name.to_owned(), Arc::clone(&metrics)));
+        metrics
+    }
+
+    /// The counters of worker `index` (created on first use).
+    pub fn worker(&self, index: usize) -> Arc<WorkerMetrics> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        while workers.len() <= index {
+            workers.push(Arc::default());
+        }
+        Arc::clone(&workers[index])
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP mediary_channel_requests_total Requests matched to the channel."
+        );
+        let _ = writeln!(out, "# TYPE mediary_channel_requests_total counter");
+        for (id, name, m) in &channels {
+            let _ = writeln!(
+                out,
+                "mediary_channel_requests_total{{channel=\"{}\",channel_id=\"{}\"}} {}",
+                escape(name),
+                escape(id),
+                m.requests.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mediary_channel_responses_total Responses sent to clients, by status class."
+        );
+        let _ = writeln!(out, "# TYPE mediary_channel_responses_total counter");
+        for (id, name, m) in &channels {
+            for (i, c) in m.responses.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "mediary_channel_responses_total{{channel=\"{}\",channel_id=\"{}\",class=\"{}xx\"}} {}",
+                    escape(name),
+                    escape(id),
+                    i + 1,
+                    c.load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mediary_channel_transactions_total Transactions by final status."
+        );
+        let _ = writeln!(out, "# TYPE mediary_channel_transactions_total counter");
+        for (id, name, m) in &channels {
+            for status in Status::ALL {
+                let _ = writeln!(
+                    out,
+                    "mediary_channel_transactions_total{{channel=\"{}\",channel_id=\"{}\",status=\"{}\"}} {}",
+                    escape(name),
+                    escape(id),
+                    status.as_str(),
+                    m.statuses[usize::from(status.code())].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mediary_channel_request_duration_seconds Time from request to complete response."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE mediary_channel_request_duration_seconds histogram"
+        );
+        for (id, name, m) in &channels {
+            let labels = format!("channel=\"{}\",channel_id=\"{}\"", escape(name), escape(id));
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += m.latency_buckets[i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "mediary_channel_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += m.latency_buckets[LATENCY_BUCKETS.len()].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "mediary_channel_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
+            let sum = m.latency_sum_us.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "mediary_channel_request_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "mediary_channel_request_duration_seconds_count{{{labels}}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mediary_worker_requests_total Requests served by the worker."
+        );
+        let _ = writeln!(out, "# TYPE mediary_worker_requests_total counter");
+        for (i, w) in workers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "mediary_worker_requests_total{{worker=\"{i}\"}} {}",
+                w.requests.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mediary_worker_open_connections Client connections open on the worker."
+        );
+        let _ = writeln!(out, "# TYPE mediary_worker_open_connections gauge");
+        for (i, w) in workers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "mediary_worker_open_connections{{worker=\"{i}\"}} {}",
+                w.open_connections.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mediary_records_stored_total Transaction records written to the store."
+        );
+        let _ = writeln!(out, "# TYPE mediary_records_stored_total counter");
+        let _ = writeln!(
+            out,
+            "mediary_records_stored_total {}",
+            self.records_stored.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mediary_store_errors_total Failed store writes (the records stay spooled and are retried)."
+        );
+        let _ = writeln!(out, "# TYPE mediary_store_errors_total counter");
+        let _ = writeln!(
+            out,
+            "mediary_store_errors_total {}",
+            self.store_errors.load(Relaxed)
+        );
+        out
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

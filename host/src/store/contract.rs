@@ -1,0 +1,1 @@
+//! The store contract suite (written by the store helper).

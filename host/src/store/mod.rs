@@ -1,0 +1,263 @@
+//! Everything Mediary persists, behind one trait with interchangeable backends.
+//!
+//! - **Documents**: channels, clients, users and (later) plugins, as JSON documents keyed by id in a
+//!   [`Collection`]. Every write bumps the store's *configuration generation* and notifies
+//!   [`Store::subscribe`]rs, which is how a change made through the API reaches every worker.
+//! - **Transactions**: records written by the recorder in batches ([`StoredTx`], already encoded),
+//!   upserted by id where the later [`Stage`] wins, so a replayed spool writes nothing twice; listed
+//!   newest first with the filters of [`TxQuery`].
+//! - **State**: small values that background tasks keep between runs (retention watermarks, …).
+//!
+//! [`embedded`] is the redb backend, used when no Redis is configured. Every backend must pass the
+//! contract suite in [`contract`].
+
+pub mod contract;
+pub mod embedded;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use regex::Regex;
+use serde_json::Value;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::transaction::{Stage, Status, Timestamp, Transaction};
+
+/// A kind of configuration document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Collection {
+    Channels,
+    Clients,
+    Users,
+    Plugins,
+}
+
+impl Collection {
+    pub const ALL: [Collection; 4] = [
+        Collection::Channels,
+        Collection::Clients,
+        Collection::Users,
+        Collection::Plugins,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Collection::Channels => "channels",
+            Collection::Clients => "clients",
+            Collection::Users => "users",
+            Collection::Plugins => "plugins",
+        }
+    }
+}
+
+/// A store operation failed. The store is the host's business: to a client this is a 5xx.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached (Redis down) or refused the operation for now.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The data in the store could not be read (corruption, or written by an incompatible version).
+    #[error("the store holds unreadable data: {0}")]
+    Corrupt(String),
+    /// Anything else the backend reported.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A transaction record ready to store: the encoded record plus what the indexes need, so the
+/// writer never decodes what the workers encoded.
+#[derive(Debug, Clone)]
+pub struct StoredTx {
+    pub id: Uuid,
+    pub stage: Stage,
+    pub status: Status,
+    pub channel_id: Arc<str>,
+    /// [`Transaction::encode`] of the record.
+    pub bytes: Bytes,
+}
+
+impl StoredTx {
+    pub fn new(tx: &Transaction, stage: Stage) -> StoredTx {
+        StoredTx {
+            id: tx.id,
+            stage,
+            status: tx.status,
+            channel_id: Arc::from(tx.channel_id.as_str()),
+            bytes: Bytes::from(tx.encode()),
+        }
+    }
+}
+
+/// What one [`Store::cull_bodies`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Culled {
+    /// Records looked at.
+    pub visited: u64,
+    /// Records that had bodies and lost them.
+    pub changed: u64,
+    /// The highest id looked at (`None` when there was nothing left to look at).
+    pub last: Option<Uuid>,
+}
+
+/// Which response statuses a listing keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseStatus {
+    /// Exactly this status.
+    Exact(u16),
+    /// A class: `Class(5)` is 500–599 (OpenHIM's `"5xx"`).
+    Class(u16),
+}
+
+impl ResponseStatus {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            ResponseStatus::Exact(s) => s == status,
+            ResponseStatus::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// A transaction listing: filters, a snapshot bound, and a page. Results are newest first (by id,
+/// which is time-ordered).
+#[derive(Debug, Clone, Default)]
+pub struct TxQuery {
+    pub channel_id: Option<String>,
+    /// Any of these statuses (empty = any).
+    pub statuses: Vec<Status>,
+    /// `request.timestamp` at or after this time.
+    pub from: Option<Timestamp>,
+    /// `request.timestamp` at or before this time.
+    pub to: Option<Timestamp>,
+    pub response_status: Option<ResponseStatus>,
+    /// A regex that `request.path` must match (unanchored).
+    pub path: Option<Regex>,
+    /// Only transactions with an id at or below this one: pins a listing so that later pages do not
+    /// shift while new transactions arrive.
+    pub snapshot: Option<Uuid>,
+    /// Records to skip (page × limit).
+    pub offset: usize,
+    /// Records to return.
+    pub limit: usize,
+}
+
+impl TxQuery {
+    /// Whether a record passes the filters that no index answers (time, response status, path).
+    /// Backends call this on candidates from their index scans, so both apply the same rules.
+    pub fn matches(&self, tx: &Transaction) -> bool {
+        if let Some(channel) = &self.channel_id
+            && &tx.channel_id != channel
+        {
+            return false;
+        }
+        if !self.statuses.is_empty() && !self.statuses.contains(&tx.status) {
+            return false;
+        }
+        let at = tx.request.timestamp;
+        if self.from.is_some_and(|from| at < from) || self.to.is_some_and(|to| at > to) {
+            return false;
+        }
+        if let Some(want) = self.response_status {
+            match &tx.response {
+                Some(r) if want.matches(r.status) => {}
+                _ => return false,
+            }
+        }
+        if let Some(path) = &self.path
+            && !path.is_match(&tx.request.path)
+        {
+            return false;
+        }
+        true
+    }
+
+    /// The highest id a result may have (snapshot and `to` combined).
+    pub fn max_id(&self) -> Uuid {
+        let mut max = Uuid::max();
+        if let Some(s) = self.snapshot {
+            max = max.min(s);
+        }
+        if let Some(to) = self.to {
+            // The last id of that millisecond.
+            let last = Uuid::from_u128((u128::from(to.0 + 1) << 80).saturating_sub(1));
+            max = max.min(last);
+        }
+        max
+    }
+
+    /// The lowest id a result may have.
+    pub fn min_id(&self) -> Uuid {
+        self.from.map_or(Uuid::nil(), Timestamp::first_id)
+    }
+}
+
+/// The persistence interface. Implementations are cheap to share (`Arc<dyn Store>`), safe to call
+/// from any thread or runtime, and never block the caller's executor for long (the embedded backend
+/// does its disk work on tokio's blocking pool).
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// A short name for logs and `/health/ready` (`embedded`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks that the store answers (for `/health/ready`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ----- documents -----
+
+    /// Every document of a collection, as `(id, document)`, in id order.
+    async fn list(&self, collection: Collection) -> StoreResult<Vec<(String, Value)>>;
+    async fn get(&self, collection: Collection, id: &str) -> StoreResult<Option<Value>>;
+    /// Creates or replaces a document; bumps the configuration generation.
+    async fn put(&self, collection: Collection, id: &str, document: Value) -> StoreResult<()>;
+    /// Removes a document; `false` if there was none. Bumps the generation when it removed one.
+    async fn delete(&self, collection: Collection, id: &str) -> StoreResult<bool>;
+    /// The configuration generation: a number that grows with every document write.
+    async fn generation(&self) -> StoreResult<u64>;
+    /// Wakes on every document write (with the new generation). Changes made elsewhere (another
+    /// instance, for shared backends) arrive here too; a receiver may miss intermediate values but
+    /// always sees the latest.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    // ----- transactions -----
+
+    /// Upserts a batch of records atomically: a record replaces the stored one with the same id only
+    /// if its stage is the same or later. Writing the same batch twice changes nothing.
+    async fn put_transactions(&self, batch: Vec<StoredTx>) -> StoreResult<()>;
+    async fn transaction(&self, id: Uuid) -> StoreResult<Option<Transaction>>;
+    /// Applies `change` to a stored record atomically (read, change, write); `false` if there is no
+    /// such record. The record's stage is kept.
+    async fn modify_transaction(
+        &self,
+        id: Uuid,
+        change: Box<dyn FnOnce(&mut Transaction) + Send>,
+    ) -> StoreResult<bool>;
+    /// A page of records matching `query`, newest first.
+    async fn list_transactions(&self, query: &TxQuery) -> StoreResult<Vec<Transaction>>;
+    /// Ids of records still `Processing`, oldest first, at most `limit`.
+    async fn processing(&self, limit: usize) -> StoreResult<Vec<Uuid>>;
+    /// The id of the newest record, if any.
+    async fn newest_transaction(&self) -> StoreResult<Option<Uuid>>;
+    /// How many records there are.
+    async fn count_transactions(&self) -> StoreResult<u64>;
+    /// Removes the stored bodies (request, response, routes' and orchestrations') of up to `limit`
+    /// records of `channel_id` with ids above `after` and below `before`, oldest first. The retention
+    /// job calls it repeatedly, passing the last id of one call as `after` of the next.
+    async fn cull_bodies(
+        &self,
+        channel_id: &str,
+        after: Uuid,
+        before: Uuid,
+        limit: usize,
+    ) -> StoreResult<Culled>;
+    /// Deletes up to `limit` whole records with ids below `before`; returns how many.
+    async fn delete_transactions(&self, before: Uuid, limit: usize) -> StoreResult<u64>;
+
+    // ----- state -----
+
+    async fn state(&self, key: &str) -> StoreResult<Option<Value>>;
+    async fn set_state(&self, key: &str, value: Value) -> StoreResult<()>;
+}
