@@ -5,7 +5,10 @@
 # connection count, against:
 #   direct   the upstream nginx alone (static files, keep-alive)
 #   nginx    nginx as a keep-alive reverse proxy in front of that upstream
-#   mediary  `mediary run --config <generated> --workers 1` in front of it
+#   mediary  `mediary run --config <generated> --workers 1` in front of it,
+#            recording every transaction (the default)
+#   mediary-norec  the same with `[recording] enabled = false`: the cost of
+#            recording is the ratio of the two
 # and prints a Markdown table (also written to bench/results/proxy-<date>.md).
 # See bench/README.md for how to run it and how to read the output.
 #
@@ -16,6 +19,8 @@
 #   CONNS         connection counts                       (default "8 64")
 #   SIZES         response body sizes, N, Nk or Nm         (default "1k 64k")
 #   TARGETS       which targets to run                     (default "direct nginx mediary")
+#   METHOD        GET, or POST with a request body of the same size as the
+#                 response (the upstream answers POST like GET)  (default GET)
 #   MEDIARY_BIN   use this mediary binary, skip `cargo build`
 #   NGINX_BIN     nginx binary                             (default: from PATH or /usr/sbin/nginx)
 #   WRK_THREADS   wrk threads (capped at the conn count)   (default 1)
@@ -37,6 +42,7 @@ ROUNDS=${ROUNDS:-1}
 CONNS=${CONNS:-"8 64"}
 SIZES=${SIZES:-"1k 64k"}
 TARGETS=${TARGETS:-"direct nginx mediary"}
+METHOD=${METHOD:-GET}
 MEDIARY_BIN=${MEDIARY_BIN:-}
 NGINX_BIN=${NGINX_BIN:-}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -202,8 +208,9 @@ has() { [[ " $TARGETS " == *" $1 "* ]]; }
 for s in $SIZES; do size_bytes "$s" >/dev/null; done
 for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad connection count '$c'"; done
 for t in $TARGETS; do
-  case $t in direct | nginx | mediary) ;; *) die "unknown target '$t'" ;; esac
+  case $t in direct | nginx | mediary | mediary-norec) ;; *) die "unknown target '$t'" ;; esac
 done
+[[ $METHOD == GET || $METHOD == POST ]] || die "bad METHOD '$METHOD' (GET or POST)"
 [[ $(secs "$DURATION") =~ ^[0-9]+$ ]] || die "bad DURATION '$DURATION' (use e.g. 10s)"
 [[ $WARMUP == 0 || $(secs "$WARMUP") =~ ^[0-9]+$ ]] || die "bad WARMUP '$WARMUP'"
 
@@ -237,7 +244,7 @@ ensure_tools() {
 
 ensure_tools
 
-if has mediary; then
+if has mediary || has mediary-norec; then
   if [[ -z $MEDIARY_BIN ]]; then
     log "building mediary (cargo build --release -p mediary)"
     (cd "$ROOT" && cargo build --release -p mediary) || die "cargo build failed"
@@ -290,13 +297,15 @@ stop_upstream() {
   UPSTREAM_PID=""
 }
 
-# start_mediary PORT — pid in LAST_PID; 1 if it did not become ready.
+# start_mediary NAME PORT RECORDING — pid in LAST_PID; 1 if it did not become
+# ready. RECORDING is true or false; NAME is its folder under the temp dir.
 start_mediary() {
-  local port=$1 api_port dir=$TMP/mediary i
+  local name=$1 port=$2 recording=$3 api_port dir=$TMP/$1 i
   free_port api_port
+  rm -rf "$dir"
   mkdir -p "$dir"
   render "$TEMPLATES/mediary.toml" "$dir/mediary.toml" \
-    PORT="$port" API_PORT="$api_port" UPSTREAM_PORT="$UPSTREAM_PORT"
+    PORT="$port" API_PORT="$api_port" UPSTREAM_PORT="$UPSTREAM_PORT" RECORDING="$recording"
   # A config mistake is clearer from check-config than from a failed start.
   local rc=0
   timeout 10 "$MEDIARY_BIN" check-config --config "$dir/mediary.toml" >"$dir/check-config.log" 2>&1 || rc=$?
@@ -347,7 +356,9 @@ fail_point() { FAILS[$1]=1; FAILED=1; }
 check_body() {
   command -v curl >/dev/null || return 0
   local got
-  got=$(curl -s -o /dev/null --max-time 5 -w '%{http_code} %{size_download}' "$1" || true)
+  local data=()
+  [[ $METHOD == POST ]] && data=(--data-binary "@$TMP/www/$(basename "$1")")
+  got=$(curl -s -o /dev/null --max-time 5 "${data[@]}" -w '%{http_code} %{size_download}' "$1" || true)
   [[ $got == "200 $2" ]] && return 0
   log "check failed for $1: expected '200 $2', got '$got'"
   return 1
@@ -358,7 +369,7 @@ wrk_run() {
   local c=$1 d=$2 url=$3 out=$4 t=$WRK_THREADS guard pid rc=0
   if ((t > c)); then t=$c; fi
   guard=$(($(secs "$d") + 30))
-  local cmd=(timeout -k 5 "$guard" wrk -t "$t" -c "$c" -d "$d" --latency -s "$LUA" "$url")
+  local cmd=(env WRK_METHOD="$METHOD" WRK_BODY_FILE="$TMP/www/${url##*/}" timeout -k 5 "$guard" wrk -t "$t" -c "$c" -d "$d" --latency -s "$LUA" "$url")
   if pinning; then cmd=(taskset -c "$LOAD_CPU" "${cmd[@]}"); fi
   "${cmd[@]}" >"$out" 2>&1 &
   pid=$!
@@ -463,12 +474,11 @@ if has direct; then
   stop_upstream
 fi
 
-if has nginx || has mediary; then
+if has nginx || has mediary || has mediary-norec; then
   log "== proxies: proxy on CPU $PROXY_CPU, upstream and wrk on CPU $LOAD_CPU"
   start_upstream "$LOAD_CPU"
   proxies=()
   proxy_pid=""
-  mediary_pid=""
   if has nginx; then
     free_port NGINX_PORT
     if start_nginx proxy "$PROXY_CPU" "$TEMPLATES/proxy.nginx.conf" "$NGINX_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"; then
@@ -480,17 +490,21 @@ if has nginx || has mediary; then
       for s in $SIZES; do for c in $CONNS; do fail_point "nginx|$s|$c"; done; done
     fi
   fi
-  if has mediary; then
+  mediary_pids=()
+  for t in mediary mediary-norec; do
+    has "$t" || continue
     free_port MEDIARY_PORT
-    if start_mediary "$MEDIARY_PORT"; then
-      mediary_pid=$LAST_PID
-      PORT_OF[mediary]=$MEDIARY_PORT
-      AFFINITY[mediary]="$(affinity "$mediary_pid")"
-      proxies+=(mediary)
+    recording=true
+    [[ $t == mediary-norec ]] && recording=false
+    if start_mediary "$t" "$MEDIARY_PORT" "$recording"; then
+      mediary_pids+=("$t:$LAST_PID")
+      PORT_OF[$t]=$MEDIARY_PORT
+      AFFINITY[$t]="$(affinity "$LAST_PID")"
+      proxies+=("$t")
     else
-      for s in $SIZES; do for c in $CONNS; do fail_point "mediary|$s|$c"; done; done
+      for s in $SIZES; do for c in $CONNS; do fail_point "$t|$s|$c"; done; done
     fi
-  fi
+  done
   AFFINITY[upstream]="$(affinity "$UPSTREAM_PID")"
   for t in "${proxies[@]}"; do check_target "$t"; done
   if ((${#proxies[@]} > 0)); then sweep "${proxies[@]}"; fi
@@ -500,13 +514,14 @@ if has nginx || has mediary; then
       NOTES+=("the nginx proxy spooled some upstream responses to temporary files (see proxy_buffers)")
     fi
   fi
-  if [[ -n $mediary_pid ]]; then
-    stop_pid "$mediary_pid"
-    mlog=$TMP/mediary/mediary.log
+  for entry in "${mediary_pids[@]}"; do
+    t=${entry%%:*}
+    stop_pid "${entry#*:}"
+    mlog=$TMP/$t/mediary.log
     if grep -qE 'panic|ERROR' "$mlog"; then
-      NOTES+=("mediary logged $(grep -cE 'panic|ERROR' "$mlog") line(s) with ERROR/panic, e.g. \`$(grep -E 'panic|ERROR' "$mlog" | head -n 1 | sed 's/\x1b\[[0-9;]*m//g' | tr -d '`' | cut -c1-200)\`")
+      NOTES+=("$t logged $(grep -cE 'panic|ERROR' "$mlog") line(s) with ERROR/panic, e.g. \`$(grep -E 'panic|ERROR' "$mlog" | head -n 1 | sed 's/\x1b\[[0-9;]*m//g' | tr -d '`' | cut -c1-200)\`")
     fi
-  fi
+  done
   stop_upstream
 fi
 
@@ -563,11 +578,12 @@ report() {
     echo "- pinning: none"
   fi
   echo "- nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"
-  if has mediary; then
+  if has mediary || has mediary-norec; then
     echo "- mediary: \`$MEDIARY_BIN\` ($(timeout 5 "$MEDIARY_BIN" --version 2>/dev/null | head -n 1 || true))"
   fi
   echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty tree)')"
-  for t in direct upstream nginx mediary; do
+  echo "- method: $METHOD$( [[ $METHOD == POST ]] && echo ' (request body the same size as the response body)')"
+  for t in direct upstream nginx mediary mediary-norec; do
     if [[ -n ${AFFINITY[$t]:-} ]]; then echo "- affinity of $t: ${AFFINITY[$t]}"; fi
   done
   if ((ROUNDS > 1)); then
@@ -599,6 +615,18 @@ report() {
     for s in $SIZES; do
       for c in $CONNS; do
         echo "| $s | $c | $(fmt_rps "${RPS[nginx|$s|$c]}") | $(fmt_rps "${RPS[mediary|$s|$c]}") | $(ratio "${RPS[mediary|$s|$c]}" "${RPS[nginx|$s|$c]}") | $(ratio "${P99[mediary|$s|$c]:-}" "${P99[nginx|$s|$c]:-}") |"
+      done
+    done
+  fi
+  if has mediary && has mediary-norec; then
+    echo
+    echo "Cost of recording (mediary = recording every transaction, mediary-norec = recording off; a req/s ratio of 0.90 means recording costs 10%):"
+    echo
+    echo "| body | conns | recording off req/s | recording on req/s | req/s on/off | p99 on/off |"
+    echo "|---|--:|--:|--:|--:|--:|"
+    for s in $SIZES; do
+      for c in $CONNS; do
+        echo "| $s | $c | $(fmt_rps "${RPS[mediary-norec|$s|$c]}") | $(fmt_rps "${RPS[mediary|$s|$c]}") | $(ratio "${RPS[mediary|$s|$c]}" "${RPS[mediary-norec|$s|$c]}") | $(ratio "${P99[mediary|$s|$c]:-}" "${P99[mediary-norec|$s|$c]:-}") |"
       done
     done
   fi

@@ -1,5 +1,14 @@
 -- wrk script used by bench/proxy.sh: at the end of a run, print one
 -- machine-readable line with exact percentiles (microseconds) and errors.
+-- With WRK_METHOD=POST, every request carries the file WRK_BODY_FILE as body.
+local method = os.getenv("WRK_METHOD") or "GET"
+if method == "POST" then
+  local f = assert(io.open(os.getenv("WRK_BODY_FILE"), "rb"))
+  wrk.method = "POST"
+  wrk.body = f:read("*a")
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  f:close()
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   local secs = summary.duration / 1e6

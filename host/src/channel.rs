@@ -595,6 +595,16 @@ impl ChannelTable {
         self.channels.len()
     }
 
+    /// Every channel, in match order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {
+        self.channels.iter()
+    }
+
+    /// The channel with this id.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Channel>> {
+        self.channels.iter().find(|c| &*c.id == id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
     }

@@ -105,7 +105,8 @@ fn init_tracing(level: &str) {
 fn start(config: Config) -> anyhow::Result<()> {
     let workers = config.server.workers.resolve();
     let addr = SocketAddr::new(config.server.bind, config.server.http_port);
-    let listeners = Listeners::bind(addr, workers)
+    let api = SocketAddr::new(config.server.api_bind, config.server.api_port);
+    let listeners = Listeners::bind(addr, api, workers)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

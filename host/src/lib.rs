@@ -11,6 +11,8 @@
 //! - [`store`]: the `Store` trait (documents, transactions, state) and its embedded redb backend.
 //! - [`api`]: the management API (channels, transactions, rerun, health, metrics, users).
 //! - [`metrics`]: per-channel and per-worker counters, rendered for Prometheus.
+//! - [`reload`]: the live channel table, rebuilt from the store whenever channels change.
+//! - [`retention`]: the job that removes old bodies and records.
 //!
 //! The server is [`run`]: it takes bound listeners and a shutdown future, so tests bind port 0.
 
@@ -21,6 +23,8 @@ pub mod config;
 pub mod metrics;
 pub mod proxy;
 pub mod recorder;
+pub mod reload;
+pub mod retention;
 pub mod store;
 pub mod transaction;
 pub mod workers;

@@ -50,6 +50,9 @@ impl ChannelMetrics {
     }
 }
 
+/// A channel's id, its name as last seen, and its counters.
+type ChannelEntry = (Arc<str>, String, Arc<ChannelMetrics>);
+
 /// One worker's counters.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
@@ -61,7 +64,7 @@ pub struct WorkerMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// By channel id, with the channel's name as last seen.
-    channels: Mutex<Vec<(Arc<str>, String, Arc<ChannelMetrics>)>>,
+    channels: Mutex<Vec<ChannelEntry>>,
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
     /// Records written to the store, and failed store writes (retried).
     pub records_stored: AtomicU64,

@@ -662,7 +662,12 @@ mod tests {
         assert_eq!(json["canRerun"], true);
         assert_eq!(json["response"]["body"], "ok");
         assert_eq!(json["request"]["body"]["base64"], "/wBB");
-        assert!(json["request"]["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(
+            json["request"]["timestamp"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
         let back: Transaction = serde_json::from_value(json).unwrap();
         assert_eq!(back, tx);
     }

@@ -14,26 +14,32 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::Shared;
+use std::sync::atomic::Ordering;
+
 use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::proxy::conn::{self, ConnSettings};
+use crate::recorder::{self, spool::Spool};
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use crate::{Shared, api, reload, retention};
 
 /// The sockets Mediary serves on, bound before it starts: one proxy socket per worker, all on the
-/// same address.
+/// same address, and the management API's.
 #[derive(Debug)]
 pub struct Listeners {
     pub proxy: Vec<std::net::TcpListener>,
+    pub api: std::net::TcpListener,
 }
 
 impl Listeners {
-    /// Binds one SO_REUSEPORT socket per worker on `addr`. With port 0 the first socket picks a free
-    /// port and the others join it.
+    /// Binds one SO_REUSEPORT socket per worker on `addr`, and the API on `api`. With port 0 the first
+    /// proxy socket picks a free port and the others join it.
     ///
     /// SO_REUSEPORT would also let this process join a port that another process (of the same user)
     /// already serves with it, silently splitting the traffic between the two; so a named port is
     /// first bound once without it, which fails if anyone already listens there.
-    pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Listeners> {
+    pub fn bind(addr: SocketAddr, api: SocketAddr, workers: usize) -> io::Result<Listeners> {
         if addr.port() != 0 {
             drop(std::net::TcpListener::bind(addr)?);
         }
@@ -43,7 +49,10 @@ impl Listeners {
         for _ in 1..workers {
             proxy.push(reuseport_listener(addr)?);
         }
-        Ok(Listeners { proxy })
+        let api = std::net::TcpListener::bind(api)
+            .map_err(|e| io::Error::new(e.kind(), format!("the API address {api}: {e}")))?;
+        api.set_nonblocking(true)?;
+        Ok(Listeners { proxy, api })
     }
 
     /// The address the proxy listens on.
@@ -66,17 +75,78 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Runs Mediary on `listeners` until `shutdown` completes, then stops accepting, lets in-flight
-/// requests finish for up to the drain timeout, and returns.
+/// requests finish for up to the drain timeout, writes every spooled record to the store, and returns.
+///
+/// Start-up order matters: the store opens, the spool left by a previous run is replayed and its
+/// unfinished transactions marked interrupted, the config file's channels are saved to the store and
+/// the channel table built from it; only then do the workers accept.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addr = listeners.proxy_addr()?;
+    let api_addr = listeners.api.local_addr()?;
     let workers = listeners.proxy.len();
-    let store: Arc<dyn crate::store::Store> = todo_store(&config)?;
+    let data_dir = config.store.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&data_dir)
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?,
+    );
+    let spool_dir = recorder::prepare(&data_dir)
+        .with_context(|| format!("creating the spool folder in {}", data_dir.display()))?;
+    let recovery = recorder::recover(&spool_dir, &*store, &config.server.instance)
+        .await
+        .context("replaying the transaction spool")?;
+    if recovery.files > 0 || recovery.interrupted > 0 {
+        tracing::info!(
+            files = recovery.files,
+            records = recovery.records,
+            interrupted = recovery.interrupted,
+            "Replayed the spool of the previous run."
+        );
+    }
+    reload::upsert_config_channels(&*store, &config.channel_documents)
+        .await
+        .context("saving the config file's channels to the store")?;
+    let recording = config.recording.clone();
     let shared = Arc::new(Shared::new(config, store)?);
+    reload::load(&shared).await.context("loading channels")?;
+    api::ensure_root_user(&shared)
+        .await
+        .context("creating the root user")?;
+
+    // One spool per worker, and one for the API's reruns.
+    let spools: Vec<Arc<Spool>> = if recording.enabled {
+        (0..=workers)
+            .map(|worker| {
+                Spool::create(
+                    &spool_dir,
+                    worker,
+                    0,
+                    recording.segment_size,
+                    recording.fsync_before_respond,
+                )
+            })
+            .collect::<io::Result<_>>()
+            .context("creating the spool files")?
+    } else {
+        Vec::new()
+    };
+
     let (stop, stopped) = watch::channel(false);
+    let (stop_recorder, recorder_stopped) = watch::channel(false);
+    let drainer = if recording.enabled {
+        Some(recorder::start_drainer(
+            spools.clone(),
+            Arc::clone(&shared),
+            recorder_stopped,
+        )?)
+    } else {
+        None
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads: Vec<(JoinHandle<()>, oneshot::Receiver<()>)> = Vec::with_capacity(workers);
     for (index, listener) in listeners.proxy.into_iter().enumerate() {
@@ -86,6 +156,7 @@ pub async fn run(
             index,
             core,
             shared: Arc::clone(&shared),
+            spool: spools.get(index).cloned(),
             stop: stopped.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -102,9 +173,27 @@ pub async fn run(
         }
         done.push(thread);
     }
-    tracing::info!(%addr, workers, "Mediary is ready.");
+
+    // The API, the channel follower and the retention job run on this thread's runtime.
+    let api_spool = spools.get(workers).cloned();
+    if let Some(spool) = &api_spool {
+        tokio::spawn(Arc::clone(spool).run_flusher(stopped.clone()));
+    }
+    let api_proxy = Arc::new(Proxy::new(Arc::clone(&shared), workers, api_spool.clone()));
+    let api_task = tokio::spawn(api::serve(
+        listeners.api,
+        Arc::clone(&shared),
+        api_proxy,
+        stopped.clone(),
+    ));
+    let follower = tokio::spawn(reload::follow(Arc::clone(&shared), stopped.clone()));
+    let retention = tokio::spawn(retention::run(Arc::clone(&shared), stopped.clone()));
+
+    shared.ready.store(true, Ordering::Release);
+    tracing::info!(%addr, api = %api_addr, workers, "Mediary is ready.");
 
     shutdown.await;
+    shared.ready.store(false, Ordering::Release);
     tracing::info!(
         drain = ?shared.config.timeouts.shutdown_drain,
         "Shutting down: no new connections; finishing in-flight requests."
@@ -116,6 +205,18 @@ pub async fn run(
         }
     })
     .await?;
+    let _ = api_task.await;
+    follower.abort();
+    retention.abort();
+    if let Some(spool) = &api_spool {
+        spool.flush_now();
+    }
+    if let Some(drainer) = drainer {
+        let _ = stop_recorder.send(true);
+        tokio::task::spawn_blocking(move || drainer.join())
+            .await?
+            .ok();
+    }
     tracing::info!("Mediary stopped.");
     Ok(())
 }
@@ -125,6 +226,8 @@ struct Worker {
     index: usize,
     core: Option<core_affinity::CoreId>,
     shared: Arc<Shared>,
+    /// This worker's spool; `None` when recording is off.
+    spool: Option<Arc<Spool>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -161,6 +264,7 @@ impl Worker {
         let Worker {
             index,
             shared,
+            spool,
             mut stop,
             ..
         } = self;
@@ -179,7 +283,10 @@ impl Worker {
             max_headers: config.limits.max_request_headers,
         });
         let drain = config.timeouts.shutdown_drain;
-        let proxy = Arc::new(Proxy::new(Arc::clone(&shared), index));
+        if let Some(spool) = &spool {
+            tokio::spawn(Arc::clone(spool).run_flusher(stop.clone()));
+        }
+        let proxy = Arc::new(Proxy::new(Arc::clone(&shared), index, spool.clone()));
         let connections = TaskTracker::new();
         let sweeper = {
             let upstreams = Arc::clone(proxy.upstreams());
@@ -233,10 +340,9 @@ impl Worker {
         } else {
             tracing::debug!(worker = index, drained = open, "Worker drained.");
         }
+        // The flusher task stops with this runtime; whatever late responses appended goes out now.
+        if let Some(spool) = &spool {
+            spool.flush_now();
+        }
     }
-}
-
-fn todo_store(config: &Config) -> anyhow::Result<Arc<dyn crate::store::Store>> {
-    let _ = crate::store::embedded::EmbeddedStore::open(&config.store.data_dir)?;
-    anyhow::bail!("store not wired yet")
 }

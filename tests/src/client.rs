@@ -62,6 +62,14 @@ impl Client {
         self.request(Method::POST, url)
     }
 
+    pub fn put(&self, url: impl Into<String>) -> Call {
+        self.request(Method::PUT, url)
+    }
+
+    pub fn delete(&self, url: impl Into<String>) -> Call {
+        self.request(Method::DELETE, url)
+    }
+
     pub fn request(&self, method: Method, url: impl Into<String>) -> Call {
         Call {
             client: self.clone(),
@@ -96,6 +104,19 @@ impl Call {
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
         self
+    }
+
+    /// Sends `value` as the JSON body.
+    pub fn json(self, value: &serde_json::Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(value.to_string())
+    }
+
+    /// Authenticates with HTTP Basic as `user` with `password`.
+    pub fn basic_auth(self, user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.header("authorization", &format!("Basic {token}"))
     }
 
     /// Sends the request and reads the whole response; panics on a transport

@@ -20,6 +20,7 @@
 //! - [`mediary`]: the [`Mediary`] process fixture (config file, readiness, logs, signals, exit).
 //! - [`upstream`]: the [`Upstream`] fixture, a recording hyper server with a handler closure.
 //! - [`client`]: a blocking HTTP [`Client`] for well-formed requests.
+//! - [`api`]: the management [`Api`], called as one user (root by default).
 //! - [`raw`]: [`RawConnection`], bytes over TCP for malformed or stalled requests.
 //! - [`linux`]: what `/proc` says about the child's threads and this process's cores.
 //!
@@ -28,7 +29,9 @@
 
 use std::net::TcpListener;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
+pub mod api;
 pub mod binary;
 pub mod client;
 pub mod linux;
@@ -37,9 +40,10 @@ pub mod raw;
 pub mod tls;
 pub mod upstream;
 
+pub use api::{Api, Listing, channel_json, filters, url_encode};
 pub use client::{Client, Reply};
 pub use hyper::Method;
-pub use mediary::{Finished, Launch, Mediary};
+pub use mediary::{Finished, Launch, Mediary, ROOT_EMAIL, ROOT_PASSWORD};
 pub use raw::{RawConnection, RawResponse};
 pub use tls::{ServerCert, TestCa};
 pub use upstream::{Answer, Seen, Upstream};
@@ -57,6 +61,22 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("the test runtime starts")
     })
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, and returns that; panics after `timeout`,
+/// saying what was awaited.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still not the case after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A port on 127.0.0.1 that nothing listens on (it was bound, then released).

@@ -7,6 +7,10 @@
 //! for the whole life of the child, so the pipe never fills and tests can
 //! look at the logs. The child is killed on drop, and its logs are printed
 //! when the test is failing.
+//!
+//! The root API user's password comes from `MEDIARY_ROOT_PASSWORD`, which
+//! the child gets set to [`ROOT_PASSWORD`] unless the test says otherwise, so
+//! [`Mediary::api`] can call the management API as root.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -19,11 +23,21 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::api::Api;
 use crate::binary::mediary_bin;
 use crate::linux::{self, ThreadInfo};
 
 /// How long a child may take to become ready, or to finish a one-shot command.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The root API user every test Mediary has (OpenHIM's default email).
+pub const ROOT_EMAIL: &str = "root@openhim.org";
+
+/// The root user's password: what `MEDIARY_ROOT_PASSWORD` is set to for the child.
+pub const ROOT_PASSWORD: &str = "e2e-root-password";
+
+/// The environment variable that sets the root user's first password.
+const ROOT_PASSWORD_ENV: &str = "MEDIARY_ROOT_PASSWORD";
 
 /// The `[server]` table prepended to test configs that have none.
 const TEST_SERVER: &str = r#"[server]
@@ -38,6 +52,8 @@ workers = 1
 pub struct Launch {
     config: Config,
     args: Vec<OsString>,
+    /// Environment variables to set (`Some`) or remove (`None`) for the child.
+    env: Vec<(OsString, Option<OsString>)>,
 }
 
 #[derive(Debug)]
@@ -50,6 +66,8 @@ enum Config {
 pub struct Mediary {
     child: Child,
     addr: SocketAddr,
+    /// The management API's address (`api=` of the readiness line), if it had one.
+    api: Option<SocketAddr>,
     workers: Option<usize>,
     log: Log,
     config_path: PathBuf,
@@ -75,6 +93,7 @@ impl Mediary {
         Launch {
             config: Config::Text(toml.into()),
             args: Vec::new(),
+            env: default_env(),
         }
     }
 
@@ -83,6 +102,7 @@ impl Mediary {
         Launch {
             config: Config::File(path.into()),
             args: Vec::new(),
+            env: default_env(),
         }
     }
 
@@ -94,6 +114,26 @@ impl Mediary {
     /// `http://<proxy address><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The management API's bound address, from the readiness line.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.unwrap_or_else(|| {
+            panic!(
+                "the readiness line had no api=IP:PORT; the logs:\n{}",
+                self.logs()
+            )
+        })
+    }
+
+    /// `http://<API address><path>`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api_addr())
+    }
+
+    /// The management API, called as the root user with [`ROOT_PASSWORD`].
+    pub fn api(&self) -> Api {
+        Api::new(self.api_url(""), ROOT_EMAIL, ROOT_PASSWORD)
     }
 
     /// The `workers=N` of the readiness line, if it had one.
@@ -178,6 +218,26 @@ impl Launch {
         self.arg("--workers").arg(n.to_string())
     }
 
+    /// Sets an environment variable for the child.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable for the child (inherited or set by default).
+    pub fn without_env(mut self, name: &str) -> Self {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.into(), None));
+        self
+    }
+
+    /// Starts without `MEDIARY_ROOT_PASSWORD`, so the root user's password comes from the config
+    /// file or is generated.
+    pub fn without_root_password(self) -> Self {
+        self.without_env(ROOT_PASSWORD_ENV)
+    }
+
     /// Adds one argument after `--config <file>`.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
@@ -187,7 +247,7 @@ impl Launch {
     /// Runs `mediary run` and waits until it says it is ready.
     pub fn start(self) -> Mediary {
         let (config_path, dir) = self.config.materialize();
-        let mut child = command("run", &config_path, &self.args)
+        let mut child = command("run", &config_path, &self.args, &self.env)
             .spawn()
             .unwrap_or_else(|error| panic!("spawn {}: {error}", mediary_bin().display()));
         let log = Log::drain(child.stderr.take().expect("stderr is piped"));
@@ -204,10 +264,15 @@ impl Launch {
         let addr = field(line, "addr")
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no addr=IP:PORT in the readiness line: {line}"));
+        let api = field(line, "api").map(|api| {
+            api.parse()
+                .unwrap_or_else(|_| panic!("api= is not IP:PORT in the readiness line: {line}"))
+        });
         let workers = field(line, "workers").and_then(|n| n.parse().ok());
         Mediary {
             child,
             addr,
+            api,
             workers,
             log,
             config_path,
@@ -228,7 +293,7 @@ impl Launch {
 
     fn finish(self, subcommand: &str) -> Finished {
         let (config_path, dir) = self.config.materialize();
-        let mut child = command(subcommand, &config_path, &self.args)
+        let mut child = command(subcommand, &config_path, &self.args, &self.env)
             .spawn()
             .unwrap_or_else(|error| panic!("spawn {}: {error}", mediary_bin().display()));
         let log = Log::drain(child.stderr.take().expect("stderr is piped"));
@@ -308,7 +373,17 @@ impl Finished {
     }
 }
 
-fn command(subcommand: &str, config: &Path, extra: &[OsString]) -> Command {
+/// What every child gets unless the test says otherwise: the known root password.
+fn default_env() -> Vec<(OsString, Option<OsString>)> {
+    vec![(ROOT_PASSWORD_ENV.into(), Some(ROOT_PASSWORD.into()))]
+}
+
+fn command(
+    subcommand: &str,
+    config: &Path,
+    extra: &[OsString],
+    env: &[(OsString, Option<OsString>)],
+) -> Command {
     let mut command = Command::new(mediary_bin());
     command
         .arg(subcommand)
@@ -321,6 +396,12 @@ fn command(subcommand: &str, config: &Path, extra: &[OsString]) -> Command {
         .stderr(Stdio::piped());
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "info");
+    }
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
     }
     command
 }
@@ -446,6 +527,10 @@ mod unit {
             "2025-01-01T00:00:00Z  INFO mediary: addr=127.0.0.1:4321 workers=2 Mediary is ready.";
         assert_eq!(field(line, "addr"), Some("127.0.0.1:4321"));
         assert_eq!(field(line, "workers"), Some("2"));
+        let line = "2025-01-01T00:00:00Z  INFO mediary: Mediary is ready. addr=127.0.0.1:4321 \
+                    api=127.0.0.1:8080 workers=1";
+        assert_eq!(field(line, "api"), Some("127.0.0.1:8080"));
+        assert_eq!(field(line, "workers"), Some("1"));
         assert_eq!(field("x addr=\"[::1]:80\"", "addr"), Some("[::1]:80"));
     }
 

@@ -1,1 +1,489 @@
-//! The management API (written by the API helper).
+//! The management API: OpenHIM-compatible endpoints for channels, transactions and rerun, plus
+//! health probes and metrics, served over HTTP/1.1 on its own listener.
+//!
+//! A request goes through these steps, in order (`Api::respond`):
+//! 1. **route** — the path names an endpoint (`Route`), else 404; the method is one it answers,
+//!    else 405 with `Allow`;
+//! 2. **authenticate** — every endpoint but `/heartbeat` and `/health/*` wants HTTP Basic
+//!    credentials of an API user ([`auth`]), else 401;
+//! 3. **read** — query parameters and the JSON body are parsed into typed values once, here, with
+//!    every problem reported (413 over `api.max_payload`, 400 for malformed JSON);
+//! 4. **act** — the endpoint's handler ([`channels`], [`transactions`], [`health`]).
+//!
+//! Any failure is an [`ApiError`], turned into a response in one place ([`ApiError::into_response`]).
+//!
+//! The server runs on a current-thread runtime shared with other background tasks, so nothing here
+//! blocks: password hashing goes to the blocking pool, and store calls are async.
+//!
+//! - [`auth`]: Basic credentials, password hashes, the root user.
+//! - [`channels`]: channel documents (create, read, partial update, delete).
+//! - [`transactions`]: listings with OpenHIM's filters and representations, one record, rerun.
+//! - [`health`]: `/heartbeat`, `/health/live`, `/health/ready`, `/metrics`.
+//! - [`error`]: what can go wrong and the response for it.
+
+pub mod auth;
+pub mod channels;
+pub mod error;
+pub mod health;
+pub mod transactions;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::Shared;
+use crate::proxy::Proxy;
+use crate::proxy::error::Blame;
+use auth::Authenticator;
+pub use auth::ensure_root_user;
+pub use error::ApiError;
+
+/// A whole response.
+pub type Reply = Response<Full<Bytes>>;
+
+/// What every API request may use.
+#[derive(Debug)]
+pub struct Api {
+    shared: Arc<Shared>,
+    /// The proxy of the runtime the API runs on, for reruns.
+    proxy: Arc<Proxy>,
+    auth: Authenticator,
+    /// Held while a channel is checked and written, so that two requests cannot both take a name.
+    channel_writes: tokio::sync::Mutex<()>,
+}
+
+/// Serves the management API on `listener` (bound and non-blocking) until `shutdown` turns true;
+/// then stops accepting, lets open requests finish within the drain timeout, and returns.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "Could not register the API listener; the API is not served.");
+            return;
+        }
+    };
+    let drain = shared.config.timeouts.shutdown_drain;
+    let api = Arc::new(Api {
+        auth: Authenticator::new(Arc::clone(&shared.store)),
+        shared,
+        proxy,
+        channel_writes: tokio::sync::Mutex::new(()),
+    });
+    // The dummy hash is made before anyone asks, so that the first unknown user costs what every
+    // other failed login does.
+    tokio::spawn({
+        let api = Arc::clone(&api);
+        async move { api.auth.prepare().await }
+    });
+    let connections = TaskTracker::new();
+    while !*shutdown.borrow_and_update() {
+        tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(stream, remote, Arc::clone(&api), shutdown.clone()));
+                }
+                Err(error) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(%error, "API accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "API drain timeout reached; closing the remaining connections."
+        );
+    }
+}
+
+/// Serves one API connection until the client leaves, the connection times out, or shutdown.
+async fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    api: Arc<Api>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = &api.shared.config;
+    let mut builder = http1::Builder::new();
+    // hyper's head timer also runs while a keep-alive connection waits for its next request, so it
+    // is set to the idle timeout: API clients are few, and a slow head costs little here.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.idle_keep_alive)
+        .keep_alive(true)
+        .max_buf_size(config.limits.max_request_head.max(8192));
+    let service = service_fn(move |request| {
+        let api = Arc::clone(&api);
+        async move { Ok::<_, Infallible>(api.handle(request, remote).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%remote, %error, "API connection ended with an error.");
+    }
+}
+
+impl Api {
+    /// Answers one request and logs it.
+    async fn handle(&self, request: Request<Incoming>, remote: SocketAddr) -> Reply {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut user = None;
+        let response = match self.respond(request, &mut user).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.blame() == Blame::Host {
+                    tracing::warn!(%method, %path, %error, "API request failed.");
+                }
+                error.into_response()
+            }
+        };
+        tracing::debug!(
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            user = user.as_deref().unwrap_or("-"),
+            %remote,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "API request."
+        );
+        response
+    }
+
+    async fn respond(
+        &self,
+        request: Request<Incoming>,
+        user: &mut Option<String>,
+    ) -> Result<Reply, ApiError> {
+        let route = Route::parse(request.uri().path()).ok_or(ApiError::NoRoute)?;
+        let allow = route.methods();
+        if !allow.contains(request.method()) {
+            return Err(ApiError::MethodNotAllowed { allow });
+        }
+        if !route.is_public() {
+            *user = Some(self.auth.authenticate(request.headers()).await?);
+        }
+        let (parts, body) = request.into_parts();
+        let params = || query_params(parts.uri.query().unwrap_or(""));
+        match (route, parts.method) {
+            (Route::Heartbeat, _) => Ok(health::heartbeat(self)),
+            (Route::Live, _) => Ok(health::live()),
+            (Route::Ready, _) => health::ready(self).await,
+            (Route::Metrics, _) => Ok(health::metrics(self)),
+            (Route::Channels, Method::POST) => {
+                let doc = self.read_json(&parts.headers, body).await?;
+                channels::create(self, doc).await
+            }
+            (Route::Channels, _) => channels::list(self).await,
+            (Route::Channel(key), Method::PUT) => {
+                let doc = self.read_json(&parts.headers, body).await?;
+                channels::update(self, &key, doc).await
+            }
+            (Route::Channel(key), Method::DELETE) => channels::delete(self, &key).await,
+            (Route::Channel(key), _) => channels::get(self, &key).await,
+            (Route::Transactions, _) => transactions::list(self, &params()).await,
+            (Route::Transaction(id), _) => transactions::get(self, &id).await,
+            (Route::Rerun(id), _) => transactions::rerun(self, &id).await,
+        }
+    }
+
+    /// Reads a JSON body: refused when `Content-Length` is over `api.max_payload`, cut off when the
+    /// body grows past it, and bounded by the client body timeout.
+    async fn read_json(&self, headers: &HeaderMap, body: Incoming) -> Result<Value, ApiError> {
+        let limit = self.shared.config.api.max_payload;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(ApiError::TooLarge { limit });
+        }
+        let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+        let timeout = self.shared.config.timeouts.client_body_read;
+        let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
+            Err(_) => return Err(ApiError::BodyTimeout),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => {
+                return Err(ApiError::TooLarge { limit });
+            }
+            Ok(Err(error)) => {
+                return Err(ApiError::BodyRead(crate::proxy::error::root_cause(
+                    error.as_ref(),
+                )));
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        parse_json(&bytes)
+    }
+}
+
+/// Parses a request body as JSON; the error says where it went wrong.
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "The request has no body; send a JSON object.".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|error| ApiError::MalformedJson(error.to_string()))
+}
+
+/// `value` as a JSON response with `status`.
+pub fn json_reply(status: StatusCode, value: &impl Serialize) -> Reply {
+    let bytes = serde_json::to_vec(value).map_or_else(|_| Bytes::new(), Bytes::from);
+    let mut response = Response::new(Full::new(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// An endpoint, with the ids its path carries (percent-decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Heartbeat,
+    Live,
+    Ready,
+    Metrics,
+    Channels,
+    Channel(String),
+    Transactions,
+    Transaction(String),
+    Rerun(String),
+}
+
+impl Route {
+    /// The endpoint at `path`; a trailing slash is ignored.
+    fn parse(path: &str) -> Option<Route> {
+        let path = path.strip_prefix('/')?;
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let segments: Vec<&str> = path.split('/').collect();
+        let id = |s: &str| Some(percent_decode(s)).filter(|id| !id.is_empty());
+        Some(match segments.as_slice() {
+            ["heartbeat"] => Route::Heartbeat,
+            ["health", "live"] => Route::Live,
+            ["health", "ready"] => Route::Ready,
+            ["metrics"] => Route::Metrics,
+            ["channels"] => Route::Channels,
+            ["channels", key] => Route::Channel(id(key)?),
+            ["transactions"] => Route::Transactions,
+            ["transactions", tx] => Route::Transaction(id(tx)?),
+            ["transactions", tx, "rerun"] => Route::Rerun(id(tx)?),
+            _ => return None,
+        })
+    }
+
+    /// The methods the endpoint answers.
+    fn methods(&self) -> &'static [Method] {
+        match self {
+            Route::Channels => &[Method::GET, Method::POST],
+            Route::Channel(_) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::Rerun(_) => &[Method::POST],
+            _ => &[Method::GET],
+        }
+    }
+
+    /// Endpoints anyone may call: probes must work without credentials.
+    fn is_public(&self) -> bool {
+        matches!(self, Route::Heartbeat | Route::Live | Route::Ready)
+    }
+}
+
+/// The `name=value` pairs of a query string, decoded as HTML forms are (`+` is a space).
+fn query_params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                percent_decode(&name.replace('+', " ")),
+                percent_decode(&value.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is, and bytes that are
+/// not UTF-8 become U+FFFD.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An [`Api`] over a fresh embedded store, for handler tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt as _;
+
+    use super::{Api, Reply};
+    use crate::Shared;
+    use crate::api::auth::Authenticator;
+    use crate::config::Config;
+    use crate::proxy::Proxy;
+    use crate::store::embedded::EmbeddedStore;
+
+    /// Keeps the store's directory alive as long as the API.
+    pub struct Fixture {
+        pub api: Api,
+        _dir: tempfile::TempDir,
+    }
+
+    /// An API configured by `toml`, over an empty store.
+    pub fn api(toml: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("the store opens"));
+        let config = Config::parse(toml).expect("a valid config");
+        let shared = Arc::new(Shared::new(config, store).expect("shared state"));
+        let proxy = Arc::new(Proxy::new(Arc::clone(&shared), 0, None));
+        Fixture {
+            api: Api {
+                auth: Authenticator::new(Arc::clone(&shared.store)),
+                shared,
+                proxy,
+                channel_writes: tokio::sync::Mutex::new(()),
+            },
+            _dir: dir,
+        }
+    }
+
+    /// A reply's status and JSON body.
+    pub async fn read(reply: Reply) -> (u16, serde_json::Value) {
+        let status = reply.status().as_u16();
+        let bytes = reply
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|never| match never {})
+            .to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_their_methods() {
+        assert_eq!(Route::parse("/heartbeat"), Some(Route::Heartbeat));
+        assert_eq!(Route::parse("/health/ready/"), Some(Route::Ready));
+        assert_eq!(Route::parse("/channels/"), Some(Route::Channels));
+        assert_eq!(
+            Route::parse("/channels/my%20channel"),
+            Some(Route::Channel("my channel".into()))
+        );
+        assert_eq!(
+            Route::parse("/transactions/abc/rerun"),
+            Some(Route::Rerun("abc".into()))
+        );
+        for unknown in [
+            "",
+            "/",
+            "/channel",
+            "/channels//x",
+            "/transactions/a/b",
+            "heartbeat",
+        ] {
+            assert_eq!(Route::parse(unknown), None, "{unknown}");
+        }
+        assert!(Route::Live.is_public() && !Route::Metrics.is_public());
+        assert_eq!(Route::Rerun("x".into()).methods(), [Method::POST]);
+    }
+
+    #[test]
+    fn query_strings_decode_like_forms() {
+        let params = query_params(
+            "filters=%7B%22status%22%3A%22Failed%22%7D&filterLimit=5&a+b=c+d&flag&&x=%zz",
+        );
+        assert_eq!(
+            params,
+            [
+                ("filters".into(), r#"{"status":"Failed"}"#.into()),
+                ("filterLimit".into(), "5".into()),
+                ("a b".into(), "c d".into()),
+                ("flag".into(), String::new()),
+                ("x".into(), "%zz".into()),
+            ]
+        );
+        assert_eq!(percent_decode("%e2%9c%93%"), "✓%");
+        assert_eq!(percent_decode("%ff"), "\u{fffd}");
+    }
+
+    #[test]
+    fn json_bodies_say_where_they_break() {
+        let error = parse_json(b"{\"name\": \n  oops}").unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert!(error.to_string().contains("line 2 column"), "{error}");
+        assert!(
+            parse_json(b"  ")
+                .unwrap_err()
+                .to_string()
+                .contains("no body")
+        );
+        assert_eq!(parse_json(b"[1]").unwrap(), serde_json::json!([1]));
+    }
+}

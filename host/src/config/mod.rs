@@ -34,6 +34,8 @@ pub struct Config {
     pub api: Api,
     /// The channels loaded at start (upserted into the store by name).
     pub channels: Vec<Channel>,
+    /// The same channels as written in the file (JSON), which is what the store keeps.
+    pub channel_documents: Vec<Value>,
 }
 
 /// `[server]`: where Mediary listens and how many workers serve.
@@ -299,6 +301,10 @@ impl Config {
         let recording = parse_recording(recording, &mut errors);
         let retention = parse_retention(retention, &mut errors);
         let api = parse_api(api, &mut errors);
+        let channel_documents = match channels {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
         let channels = parse_channels(channels, &mut errors);
 
         if errors.is_empty() {
@@ -313,6 +319,7 @@ impl Config {
                 retention,
                 api,
                 channels,
+                channel_documents,
             })
         } else {
             Err(errors.0)

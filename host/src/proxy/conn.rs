@@ -115,6 +115,22 @@ impl ConnState {
     }
 }
 
+/// Counts a connection in its worker's open-connections gauge for as long as it lives.
+struct OpenConnection(Arc<crate::metrics::WorkerMetrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<crate::metrics::WorkerMetrics>) -> Self {
+        metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Held by a request until its response has been written; then the connection counts as idle again.
 #[derive(Debug)]
 pub struct RequestGuard(Arc<ConnState>);
@@ -256,6 +272,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let state = Arc::new(ConnState::new(settings.max_head));
+    let open = OpenConnection::new(Arc::clone(proxy.metrics()));
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
@@ -292,6 +309,7 @@ pub async fn serve(
     if let Err(error) = result {
         tracing::debug!(%remote, %error, "Client connection ended with an error.");
     }
+    drop(open);
 }
 
 /// Whether the raw bytes of a request head carry both `Content-Length` and `Transfer-Encoding`.

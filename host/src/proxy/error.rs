@@ -55,6 +55,9 @@ pub enum ProxyError {
     },
     /// Mediary could not build the upstream request.
     Internal { channel: String, cause: String },
+    /// The transaction could not be recorded (the spool cannot be written): Mediary refuses to
+    /// exchange data it cannot audit.
+    RecordingUnavailable { channel: String, cause: String },
 }
 
 impl ProxyError {
@@ -69,7 +72,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamFailed { .. }
             | ProxyError::UpstreamTimeout { .. } => Blame::Upstream,
-            ProxyError::Internal { .. } => Blame::Host,
+            ProxyError::Internal { .. } | ProxyError::RecordingUnavailable { .. } => Blame::Host,
         }
     }
 
@@ -85,6 +88,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RecordingUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -109,7 +113,8 @@ impl ProxyError {
             | ProxyError::UpstreamUnreachable { channel, .. }
             | ProxyError::UpstreamFailed { channel, .. }
             | ProxyError::UpstreamTimeout { channel, .. }
-            | ProxyError::Internal { channel, .. } => Some(channel),
+            | ProxyError::Internal { channel, .. }
+            | ProxyError::RecordingUnavailable { channel, .. } => Some(channel),
         }
     }
 
@@ -193,6 +198,9 @@ impl fmt::Display for ProxyError {
             ),
             ProxyError::Internal { cause, .. } => {
                 write!(f, "Mediary could not process the request: {cause}.")
+            }
+            ProxyError::RecordingUnavailable { cause, .. } => {
+                write!(f, "The transaction cannot be recorded, so it is refused: {cause}.")
             }
         }
     }

@@ -1,27 +1,32 @@
-//! The data path: a client request is matched to a channel, admitted, read, sent to the channel's
-//! primary route, and the upstream's answer streamed back.
+//! The data path: a client request is matched to a channel, admitted, read, recorded, sent to the
+//! channel's primary route, and the upstream's answer streamed back.
 //!
 //! Phases of one request, in order ([`Proxy::handle`]):
 //! 1. **frame** — refuse ambiguous framing (`Content-Length` with `Transfer-Encoding`);
 //! 2. **match** — the first enabled channel, by priority, whose pattern and method match;
 //! 3. **admit** — public channels admit everyone; private ones nobody until client authentication lands;
 //! 4. **read** — the body, up to the channel's limit and within the body timeout;
-//! 5. **route** — to the primary route (secondaries get a copy, their answers are not awaited);
-//! 6. **respond** — the upstream's status, headers (hop-by-hop removed) and streamed body.
+//! 5. **record** — the transaction gets its id and its `Begun` stage is in the spool file before
+//!    anything goes upstream (see [`record`]);
+//! 6. **route** — to the primary route (secondaries get a copy; their answers complete the record);
+//! 7. **respond** — the upstream's status, headers (hop-by-hop removed) and streamed body; the record's
+//!    last stage is in the spool file before the client gets the last byte.
 //!
-//! Any failure is a [`ProxyError`], turned into a response in one place.
+//! Any failure is a [`ProxyError`], turned into a response in one place. Requests refused before a
+//! channel admits them (phases 1–3) are not transactions, as in OpenHIM.
 
 pub mod body;
 pub mod conn;
 pub mod error;
 pub mod headers;
+pub mod record;
 pub mod rerun;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -33,17 +38,24 @@ use uuid::Uuid;
 
 use crate::Shared;
 use crate::channel::{AuthType, Channel, PathRewrite, Route};
+use crate::metrics::WorkerMetrics;
+use crate::recorder::spool::Spool;
+use crate::transaction::{ErrorDetails, Headers, ResponseRecord, Timestamp};
 use body::ProxyBody;
-use conn::ConnState;
+use conn::{ConnState, RequestGuard};
 use error::{ProxyError, root_cause};
 use headers::{X_MEDIARY_TRANSACTION_ID, X_OPENHIM_TRANSACTIONID};
+use record::{RequestFacts, TxRecording, route_exchange};
 use upstream::{Lease, PoolSettings, UpstreamError, Upstreams};
 
-/// One worker's proxy: the shared state plus this worker's own upstream connection pool.
+/// One worker's proxy: the shared state plus this worker's own upstream connection pool and spool.
 pub struct Proxy {
     shared: Arc<Shared>,
     upstreams: Arc<Upstreams>,
-    /// Which worker this is, for logs.
+    /// Where this worker's transaction records go; `None` when recording is off.
+    spool: Option<Arc<Spool>>,
+    metrics: Arc<WorkerMetrics>,
+    /// Which worker this is, for logs and records.
     worker: usize,
 }
 
@@ -55,8 +67,30 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// A request that has been matched, admitted and read: everything routing needs.
+struct Admitted {
+    channel: Arc<Channel>,
+    parts: http::request::Parts,
+    body: Bytes,
+    client_ip: IpAddr,
+    parent: Option<Uuid>,
+    started: Instant,
+    arrived: Timestamp,
+}
+
+/// The primary's response, the lease of its connection, and the inactivity timeout for its body.
+type Upstreamed = (Response<Incoming>, Lease, Duration);
+
+/// What routing produced: the upstream's response (to stream back) or a failure (to answer with),
+/// and the transaction's record when recording is on.
+struct Routed {
+    id: HeaderValue,
+    outcome: Result<Upstreamed, (ProxyError, Option<Route>)>,
+    recording: Option<Arc<TxRecording>>,
+}
+
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, worker: usize) -> Self {
+    pub fn new(shared: Arc<Shared>, worker: usize, spool: Option<Arc<Spool>>) -> Self {
         let config = &shared.config;
         let upstreams = Upstreams::new(
             PoolSettings {
@@ -66,9 +100,12 @@ impl Proxy {
             },
             Arc::clone(&shared.upstream_tls),
         );
+        let metrics = shared.metrics.worker(worker);
         Proxy {
             shared,
             upstreams,
+            spool,
+            metrics,
             worker,
         }
     }
@@ -76,6 +113,11 @@ impl Proxy {
     /// This worker's upstream connections (for the periodic sweep of idle ones).
     pub fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
+    }
+
+    /// This worker's counters.
+    pub fn metrics(&self) -> &Arc<WorkerMetrics> {
+        &self.metrics
     }
 
     /// Serves one request. Never fails: every error becomes a response here.
@@ -87,126 +129,297 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let inspect = request.headers().contains_key(header::TRANSFER_ENCODING);
         let (guard, raw_head) = conn.begin_request(inspect);
-        let id = Uuid::now_v7();
-        let mut id_buf = Uuid::encode_buffer();
-        let id_str: &str = id.hyphenated().encode_lower(&mut id_buf);
-        let id_header = HeaderValue::from_str(id_str).unwrap_or(HeaderValue::from_static(""));
-
+        self.metrics
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ambiguous =
             raw_head.is_some_and(|raw| conn::has_conflicting_framing(&raw, request.method()));
-        let result = if ambiguous {
+        let admitted = if ambiguous {
             Err(ProxyError::AmbiguousFraming)
         } else {
-            self.forward(request, remote, &id_header).await
+            self.admit(request, remote).await
         };
-        let mut response = match result {
-            Ok((response, lease, idle)) => {
-                response.map(|body| ProxyBody::upstream(body, lease, idle, guard))
-            }
-            Err(error) => {
-                log_failure(&error, id_str, self.worker);
-                error
-                    .into_response(id_str)
-                    .map(|body| ProxyBody::full(body, guard))
-            }
+        let routed = match admitted {
+            Ok(admitted) => self.route(admitted).await,
+            Err(error) => Routed {
+                id: new_id().1,
+                outcome: Err((error, None)),
+                recording: None,
+            },
         };
-        let headers = response.headers_mut();
-        headers.insert(X_MEDIARY_TRANSACTION_ID.clone(), id_header.clone());
-        headers.insert(X_OPENHIM_TRANSACTIONID.clone(), id_header);
-        Ok(response)
+        Ok(self.respond(routed, Some(guard)).await)
     }
 
-    /// Phases 2–6. Returns the upstream response, the lease of its connection and the inactivity
-    /// timeout for its body.
-    async fn forward(
+    /// Phases 2–4: the channel, admission, and the body.
+    async fn admit(
         &self,
         request: Request<Incoming>,
         remote: SocketAddr,
-        id: &HeaderValue,
-    ) -> Result<(Response<Incoming>, Lease, Duration), ProxyError> {
+    ) -> Result<Admitted, ProxyError> {
+        let started = Instant::now();
+        let arrived = Timestamp::now();
         let channel = self.match_channel(request.method(), request.uri().path())?;
         if channel.auth_type == AuthType::Private {
             return Err(ProxyError::Unauthorized {
                 channel: channel.name.clone(),
             });
         }
-        let (mut parts, body) = request.into_parts();
+        channel
+            .metrics
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (parts, body) = request.into_parts();
         let body = self.read_body(&channel, &parts.headers, body).await?;
+        Ok(Admitted {
+            channel,
+            parts,
+            body,
+            client_ip: headers::canonical_ip(remote.ip()),
+            parent: None,
+            started,
+            arrived,
+        })
+    }
 
-        headers::for_upstream(&mut parts.headers, headers::canonical_ip(remote.ip()));
+    /// Phases 5 and 6: records the request, then sends it to every route. Also used by rerun.
+    async fn route(&self, admitted: Admitted) -> Routed {
+        let Admitted {
+            channel,
+            mut parts,
+            body,
+            client_ip,
+            parent,
+            started,
+            arrived,
+        } = admitted;
+        let (id, id_header) = new_id();
+        let secondaries: Vec<&Route> = channel.secondaries().collect();
+        let mut recording = None;
+        if let Some(spool) = &self.spool {
+            let facts = RequestFacts {
+                id,
+                method: &parts.method,
+                uri: &parts.uri,
+                headers: &parts.headers,
+                body: &body,
+                client_ip,
+                parent,
+                started,
+                arrived,
+            };
+            let config = &self.shared.config;
+            let begun = TxRecording::begin(
+                spool,
+                &channel,
+                facts,
+                self.worker,
+                &config.server.instance,
+                config.recording.max_bodies_size,
+                secondaries.len(),
+            );
+            let written = match begun {
+                Ok((rec, seq)) => {
+                    recording = Some(rec);
+                    spool.written(seq).await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
+                return Routed {
+                    id: id_header,
+                    outcome: Err((
+                        ProxyError::RecordingUnavailable {
+                            channel: channel.name.clone(),
+                            cause: error.to_string(),
+                        },
+                        None,
+                    )),
+                    recording: None,
+                };
+            }
+        }
+
+        headers::for_upstream(&mut parts.headers, client_ip);
         parts
             .headers
-            .insert(X_MEDIARY_TRANSACTION_ID.clone(), id.clone());
+            .insert(X_MEDIARY_TRANSACTION_ID.clone(), id_header.clone());
         parts
             .headers
-            .insert(X_OPENHIM_TRANSACTIONID.clone(), id.clone());
+            .insert(X_OPENHIM_TRANSACTIONID.clone(), id_header.clone());
         let timeout = channel
             .timeout
             .unwrap_or(self.shared.config.timeouts.upstream_response);
 
-        for route in channel.secondaries() {
-            let request =
-                upstream_request(route, &parts, parts.headers.clone(), body.clone(), &channel)?;
-            let upstreams = Arc::clone(&self.upstreams);
-            let (channel, route) = (Arc::clone(&channel), route.clone());
-            tokio::spawn(async move {
-                let exchange = async {
-                    let (response, lease) = upstreams.send(&route, request).await?;
-                    let status = response.status();
-                    // Read it to the end so the connection can serve again.
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| UpstreamError::Exchange(root_cause(&e)))?;
-                    lease.release();
-                    Ok::<_, UpstreamError>(status)
-                };
-                let (channel, route) = (&channel.name, &route.name);
-                match tokio::time::timeout(timeout, exchange).await {
-                    Ok(Ok(status)) => {
-                        tracing::debug!(%channel, %route, %status, "Secondary route answered.");
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%channel, %route, %error, "Secondary route failed.");
-                    }
-                    Err(_) => {
-                        tracing::warn!(%channel, %route, ?timeout, "Secondary route timed out.");
-                    }
-                }
-            });
+        for route in secondaries {
+            self.spawn_secondary(&channel, route, &parts, &body, timeout, recording.clone());
         }
 
         let route = channel.primary();
         let headers = std::mem::take(&mut parts.headers);
-        let request = upstream_request(route, &parts, headers, body, &channel)?;
+        let outcome = match upstream_request(route, &parts, headers, body, &channel) {
+            Ok(request) => self.send_primary(&channel, route, request, timeout).await,
+            Err(error) => Err(error),
+        };
+        Routed {
+            id: id_header,
+            outcome: outcome
+                .map(|(response, lease)| (client_response(response, &parts.method), lease, timeout))
+                .map_err(|error| (error, Some(route.clone()))),
+            recording,
+        }
+    }
+
+    async fn send_primary(
+        &self,
+        channel: &Channel,
+        route: &Route,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let sent = tokio::time::timeout(timeout, self.upstreams.send(route, request)).await;
-        let (response, lease) = match sent {
-            Ok(Ok(exchange)) => exchange,
-            Ok(Err(error)) => {
-                let (channel, route) = (channel.name.clone(), route.name.clone());
-                return Err(match error {
-                    UpstreamError::Connect(cause) => ProxyError::UpstreamUnreachable {
-                        channel,
-                        route,
-                        cause,
-                    },
-                    UpstreamError::Exchange(cause) => ProxyError::UpstreamFailed {
-                        channel,
-                        route,
-                        cause,
-                    },
-                });
+        let (channel, route) = (channel.name.clone(), route.name.clone());
+        match sent {
+            Ok(Ok(exchange)) => Ok(exchange),
+            Ok(Err(UpstreamError::Connect(cause))) => Err(ProxyError::UpstreamUnreachable {
+                channel,
+                route,
+                cause,
+            }),
+            Ok(Err(UpstreamError::Exchange(cause))) => Err(ProxyError::UpstreamFailed {
+                channel,
+                route,
+                cause,
+            }),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                channel,
+                route,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Sends a copy of the request to a secondary route; its answer is recorded, never awaited.
+    fn spawn_secondary(
+        &self,
+        channel: &Arc<Channel>,
+        route: &Route,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        timeout: Duration,
+        recording: Option<Arc<TxRecording>>,
+    ) {
+        let mut exchange = route_exchange(
+            route,
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query(),
+            Timestamp::now(),
+        );
+        let request = upstream_request(route, parts, parts.headers.clone(), body.clone(), channel);
+        let upstreams = Arc::clone(&self.upstreams);
+        let (channel, route) = (Arc::clone(channel), route.clone());
+        tokio::spawn(async move {
+            let exchange_result = async {
+                let request = request.map_err(|e| e.to_string())?;
+                let (response, lease) = upstreams
+                    .send(&route, request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (parts, body) = response.into_parts();
+                // Read it to the end so the connection can serve again.
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| UpstreamError::Exchange(root_cause(&e)).to_string())?
+                    .to_bytes();
+                lease.release();
+                Ok::<_, String>((parts, body))
+            };
+            let names = (&channel.name, &route.name);
+            let result = match tokio::time::timeout(timeout, exchange_result).await {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "The upstream did not answer within {} ms.",
+                    timeout.as_millis()
+                )),
+            };
+            match result {
+                Ok((parts, body)) => {
+                    tracing::debug!(channel = %names.0, route = %names.1, status = %parts.status, "Secondary route answered.");
+                    let (stored, truncated) = recording
+                        .as_ref()
+                        .map_or((None, false), |r| r.store_route_body(&body));
+                    exchange.response = Some(ResponseRecord {
+                        status: parts.status.as_u16(),
+                        headers: Headers::redacted(&parts.headers),
+                        body: stored,
+                        body_truncated: truncated,
+                        timestamp: Timestamp::now(),
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(channel = %names.0, route = %names.1, %error, "Secondary route failed.");
+                    exchange.error = Some(ErrorDetails::new(error));
+                }
             }
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    channel: channel.name.clone(),
-                    route: route.name.clone(),
-                    after: timeout,
-                });
+            if let Some(recording) = recording {
+                recording.secondary_done(exchange);
+            }
+        });
+    }
+
+    /// Phase 7: the client's response, with the record's last stage spooled first where the body is
+    /// already known; a streamed body spools it before its last byte (see [`body`]).
+    async fn respond(&self, routed: Routed, guard: Option<RequestGuard>) -> Response<ProxyBody> {
+        let Routed {
+            id,
+            outcome,
+            recording,
+        } = routed;
+        let mut response = match outcome {
+            Ok((response, lease, idle)) => {
+                let (parts, body) = response.into_parts();
+                let recording = match recording {
+                    Some(rec) => {
+                        rec.primary_head(parts.status, &parts.headers);
+                        if body.is_end_stream() {
+                            if let Some(seq) = rec.primary_done(Bytes::new(), false, None) {
+                                let _ = rec.spool().written(seq).await;
+                            }
+                            None
+                        } else {
+                            Some(rec)
+                        }
+                    }
+                    None => None,
+                };
+                Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(body, lease, idle, guard, recording),
+                )
+            }
+            Err((error, route)) => {
+                let id_str = id.to_str().unwrap_or("");
+                log_failure(&error, id_str, self.worker);
+                let message = error.to_string();
+                let response = error.into_response(id_str);
+                if let Some(rec) = &recording
+                    && let Some(seq) = rec.primary_failed(
+                        route.as_ref(),
+                        response.status(),
+                        response.body(),
+                        message,
+                    )
+                {
+                    let _ = rec.spool().written(seq).await;
+                }
+                response.map(|body| ProxyBody::full(body, guard))
             }
         };
-        Ok((client_response(response, &parts.method), lease, timeout))
+        let headers = response.headers_mut();
+        headers.insert(X_MEDIARY_TRANSACTION_ID.clone(), id.clone());
+        headers.insert(X_OPENHIM_TRANSACTIONID.clone(), id);
+        response
     }
 
     fn match_channel(&self, method: &Method, path: &str) -> Result<Arc<Channel>, ProxyError> {
@@ -256,6 +469,17 @@ impl Proxy {
             }),
         }
     }
+}
+
+/// A new transaction id and its header form.
+fn new_id() -> (Uuid, HeaderValue) {
+    let id = Uuid::now_v7();
+    let mut buf = Uuid::encode_buffer();
+    let text: &str = id.hyphenated().encode_lower(&mut buf);
+    (
+        id,
+        HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("")),
+    )
 }
 
 /// Builds the request for one route from the client's request parts and its (already cleaned)

@@ -1,1 +1,999 @@
-//! The store contract suite (written by the store helper).
+//! The store contract: what every [`Store`] backend must do, as test cases any backend runs.
+//!
+//! Each case is a `case_*` function taking a fresh, empty store; [`store_contract_tests!`] turns
+//! them into one `#[tokio::test]` each for a backend:
+//!
+//! ```ignore
+//! // A future of `(Arc<dyn Store>, guard)`; the guard (a temporary directory, a flushed Redis
+//! // database, …) is dropped when the test ends.
+//! crate::store::contract::store_contract_tests!(fresh_store());
+//! ```
+//!
+//! Records are built with [`record`]: ids are UUIDv7-shaped with a chosen millisecond, so tests
+//! control the order and the time of every record.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use regex::Regex;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Collection, ResponseStatus, Store, StoredTx, TxQuery};
+use crate::transaction::{
+    Body, Exchange, Headers, RequestRecord, ResponseRecord, Stage, Status, Timestamp, Transaction,
+};
+
+/// Generates one `#[tokio::test]` per contract case. `$make` is an expression evaluating to a
+/// future of `(Arc<dyn Store>, G)`: a fresh, empty store and whatever must live as long as it.
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store::contract::store_contract_tests!(@cases $make;
+            documents => case_documents,
+            generation_and_subscribe => case_generation_and_subscribe,
+            stage_ordering => case_stage_ordering,
+            replay_is_idempotent => case_replay_is_idempotent,
+            index_follows_status => case_index_follows_status,
+            list_filters => case_list_filters,
+            list_paging => case_list_paging,
+            list_snapshot => case_list_snapshot,
+            modify => case_modify,
+            processing => case_processing,
+            cull_bodies => case_cull_bodies,
+            delete_transactions => case_delete_transactions,
+            state => case_state,
+            empty_store => case_empty_store,
+        );
+    };
+    (@cases $make:expr; $($test:ident => $case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                let (store, guard) = $make.await;
+                // The case consumes the store, so it is gone before its guard.
+                $crate::store::contract::$case(store).await;
+                drop(guard);
+            }
+        )*
+    };
+}
+pub(crate) use store_contract_tests;
+
+// ----- record helpers -----
+
+/// An arbitrary fixed time (2025-06-15), so ids and timestamps are the same on every run.
+pub const BASE_MS: u64 = 1_750_000_000_000;
+
+/// A UUIDv7-shaped id made at `BASE_MS + ms`; `n` tells apart ids of the same millisecond.
+pub fn id_at(ms: u64, n: u16) -> Uuid {
+    let v7 = 0x7u128 << 76 | 0x8u128 << 60;
+    Uuid::from_u128(u128::from(BASE_MS + ms) << 80 | v7 | u128::from(n))
+}
+
+fn body(text: &str) -> Option<Body> {
+    Some(Body(Bytes::copy_from_slice(text.as_bytes())))
+}
+
+/// A complete record made at `BASE_MS + ms`: request and response bodies, a response status fitting
+/// `status` (none while `Processing`), a path of `/fhir/Patient/<ms>`.
+pub fn record(ms: u64, channel: &str, status: Status) -> Transaction {
+    let id = id_at(ms, 0);
+    let at = Timestamp::of_id(id);
+    let response_status = match status {
+        Status::Processing => None,
+        Status::Failed => Some(500),
+        Status::Completed => Some(404),
+        Status::CompletedWithErrors | Status::Successful | Status::PendingAsync => Some(200),
+    };
+    Transaction {
+        id,
+        channel_id: channel.to_owned(),
+        channel_name: format!("channel {channel}"),
+        client_id: Some("client".into()),
+        client_ip: "127.0.0.1".into(),
+        request: RequestRecord {
+            host: Some("localhost".into()),
+            port: Some("5001".into()),
+            path: format!("/fhir/Patient/{ms}"),
+            querystring: "a=1".into(),
+            method: "POST".into(),
+            headers: Headers(vec![("content-type".into(), "application/json".into())]),
+            body: body(r#"{"resourceType":"Patient"}"#),
+            body_truncated: false,
+            timestamp: at,
+        },
+        response: response_status.map(|status| ResponseRecord {
+            status,
+            headers: Headers(vec![("content-type".into(), "application/json".into())]),
+            body: body(r#"{"ok":true}"#),
+            body_truncated: false,
+            timestamp: Timestamp(at.0 + 5),
+        }),
+        routes: Vec::new(),
+        orchestrations: Vec::new(),
+        properties: Default::default(),
+        error: None,
+        status,
+        can_rerun: true,
+        was_rerun: false,
+        parent_id: None,
+        child_ids: Vec::new(),
+        worker: 0,
+        instance: "test".into(),
+        duration_ms: response_status.map(|_| 5.0),
+    }
+}
+
+/// Stores `records` at `stage` in one batch.
+pub async fn put(store: &dyn Store, stage: Stage, records: &[Transaction]) {
+    let batch = records.iter().map(|tx| StoredTx::new(tx, stage)).collect();
+    store.put_transactions(batch).await.unwrap();
+}
+
+pub async fn list_ids(store: &dyn Store, query: &TxQuery) -> Vec<Uuid> {
+    let page = store.list_transactions(query).await.unwrap();
+    page.iter().map(|tx| tx.id).collect()
+}
+
+/// What `query` must return from `records`, by brute force.
+fn expected(records: &[Transaction], query: &TxQuery) -> Vec<Uuid> {
+    let (lo, hi) = (query.min_id(), query.max_id());
+    let mut matching: Vec<&Transaction> = records
+        .iter()
+        .filter(|tx| tx.id >= lo && tx.id <= hi && query.matches(tx))
+        .collect();
+    matching.sort_by_key(|tx| std::cmp::Reverse(tx.id));
+    matching
+        .into_iter()
+        .skip(query.offset)
+        .take(query.limit)
+        .map(|tx| tx.id)
+        .collect()
+}
+
+fn query() -> TxQuery {
+    TxQuery {
+        limit: 1000,
+        ..TxQuery::default()
+    }
+}
+
+// ----- documents -----
+
+pub async fn case_documents(store: Arc<dyn Store>) {
+    assert_eq!(store.get(Collection::Channels, "a").await.unwrap(), None);
+    assert!(store.list(Collection::Channels).await.unwrap().is_empty());
+
+    store
+        .put(Collection::Channels, "b", json!({"name": "B"}))
+        .await
+        .unwrap();
+    store
+        .put(Collection::Channels, "a", json!({"name": "A", "n": [1, 2]}))
+        .await
+        .unwrap();
+    store
+        .put(Collection::Users, "a", json!({"email": "a@example.org"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(Collection::Channels, "a").await.unwrap(),
+        Some(json!({"name": "A", "n": [1, 2]}))
+    );
+    assert_eq!(
+        store.list(Collection::Channels).await.unwrap(),
+        vec![
+            ("a".to_owned(), json!({"name": "A", "n": [1, 2]})),
+            ("b".to_owned(), json!({"name": "B"})),
+        ],
+        "in id order, and only this collection's"
+    );
+
+    store
+        .put(Collection::Channels, "a", json!({"name": "A2"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(Collection::Channels, "a").await.unwrap(),
+        Some(json!({"name": "A2"}))
+    );
+
+    assert!(store.delete(Collection::Channels, "a").await.unwrap());
+    assert!(!store.delete(Collection::Channels, "a").await.unwrap());
+    assert_eq!(store.get(Collection::Channels, "a").await.unwrap(), None);
+    assert_eq!(
+        store.get(Collection::Users, "a").await.unwrap(),
+        Some(json!({"email": "a@example.org"})),
+        "collections are separate"
+    );
+    assert!(store.list(Collection::Clients).await.unwrap().is_empty());
+    assert!(store.list(Collection::Plugins).await.unwrap().is_empty());
+}
+
+pub async fn case_generation_and_subscribe(store: Arc<dyn Store>) {
+    let start = store.generation().await.unwrap();
+    let mut rx = store.subscribe();
+    rx.borrow_and_update();
+
+    store
+        .put(Collection::Channels, "a", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(store.generation().await.unwrap(), start + 1);
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("a put wakes subscribers")
+        .unwrap();
+    assert_eq!(*rx.borrow_and_update(), start + 1);
+
+    // A subscriber made later still sees the latest value.
+    assert_eq!(*store.subscribe().borrow(), start + 1);
+
+    assert!(!store.delete(Collection::Channels, "nope").await.unwrap());
+    assert_eq!(
+        store.generation().await.unwrap(),
+        start + 1,
+        "deleting nothing changes nothing"
+    );
+    assert!(!rx.has_changed().unwrap());
+
+    store
+        .put(Collection::Clients, "c", json!({}))
+        .await
+        .unwrap();
+    assert!(store.delete(Collection::Channels, "a").await.unwrap());
+    assert_eq!(store.generation().await.unwrap(), start + 3);
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("a delete wakes subscribers")
+        .unwrap();
+    assert_eq!(*rx.borrow_and_update(), start + 3);
+
+    // Transactions and state are not configuration.
+    put(&*store, Stage::Final, &[record(1, "a", Status::Successful)]).await;
+    store.set_state("k", json!(1)).await.unwrap();
+    assert_eq!(store.generation().await.unwrap(), start + 3);
+}
+
+// ----- transactions -----
+
+pub async fn case_stage_ordering(store: Arc<dyn Store>) {
+    let begun = record(1, "a", Status::Processing);
+    let mut responded = begun.clone();
+    responded.status = Status::Successful;
+    responded.response = record(1, "a", Status::Successful).response;
+    let mut last = responded.clone();
+    last.properties.insert("done".into(), json!(true));
+
+    put(&*store, Stage::Begun, std::slice::from_ref(&begun)).await;
+    assert_eq!(
+        store.transaction(begun.id).await.unwrap(),
+        Some(begun.clone())
+    );
+
+    put(&*store, Stage::Responded, std::slice::from_ref(&responded)).await;
+    assert_eq!(
+        store.transaction(begun.id).await.unwrap(),
+        Some(responded.clone()),
+        "a later stage wins"
+    );
+
+    put(&*store, Stage::Begun, std::slice::from_ref(&begun)).await;
+    assert_eq!(
+        store.transaction(begun.id).await.unwrap(),
+        Some(responded.clone()),
+        "an earlier stage is ignored"
+    );
+
+    let mut same_stage = responded.clone();
+    same_stage.duration_ms = Some(9.0);
+    put(&*store, Stage::Responded, std::slice::from_ref(&same_stage)).await;
+    assert_eq!(
+        store.transaction(begun.id).await.unwrap(),
+        Some(same_stage.clone()),
+        "the same stage replaces"
+    );
+
+    put(&*store, Stage::Final, std::slice::from_ref(&last)).await;
+    put(&*store, Stage::Responded, std::slice::from_ref(&responded)).await;
+    assert_eq!(
+        store.transaction(begun.id).await.unwrap(),
+        Some(last.clone())
+    );
+
+    // Several stages of one record in one batch apply in order, whatever that order is.
+    let other = record(2, "a", Status::Processing);
+    let mut other_final = other.clone();
+    other_final.status = Status::Failed;
+    store
+        .put_transactions(vec![
+            StoredTx::new(&other_final, Stage::Final),
+            StoredTx::new(&other, Stage::Begun),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.transaction(other.id).await.unwrap(),
+        Some(other_final)
+    );
+    assert_eq!(store.count_transactions().await.unwrap(), 2);
+    assert!(store.processing(10).await.unwrap().is_empty());
+    assert_eq!(store.transaction(id_at(3, 0)).await.unwrap(), None);
+    store.put_transactions(Vec::new()).await.unwrap();
+}
+
+pub async fn case_replay_is_idempotent(store: Arc<dyn Store>) {
+    let records: Vec<Transaction> = (0..50)
+        .map(|i| record(i, ["a", "b"][i as usize % 2], Status::Successful))
+        .collect();
+    put(&*store, Stage::Responded, &records).await;
+    let first = store.list_transactions(&query()).await.unwrap();
+    put(&*store, Stage::Responded, &records).await;
+    put(&*store, Stage::Begun, &records).await;
+    assert_eq!(store.count_transactions().await.unwrap(), 50);
+    assert_eq!(store.list_transactions(&query()).await.unwrap(), first);
+    let a = TxQuery {
+        channel_id: Some("a".into()),
+        ..query()
+    };
+    assert_eq!(
+        list_ids(&*store, &a).await.len(),
+        25,
+        "no duplicate index entries"
+    );
+    assert_eq!(
+        store.newest_transaction().await.unwrap(),
+        Some(records[49].id)
+    );
+}
+
+pub async fn case_index_follows_status(store: Arc<dyn Store>) {
+    let begun = record(1, "a", Status::Processing);
+    put(&*store, Stage::Begun, std::slice::from_ref(&begun)).await;
+    let processing = TxQuery {
+        statuses: vec![Status::Processing],
+        ..query()
+    };
+    let processing_in_a = TxQuery {
+        channel_id: Some("a".into()),
+        ..processing.clone()
+    };
+    let successful = TxQuery {
+        statuses: vec![Status::Successful],
+        ..query()
+    };
+    assert_eq!(list_ids(&*store, &processing).await, vec![begun.id]);
+    assert_eq!(list_ids(&*store, &processing_in_a).await, vec![begun.id]);
+    assert_eq!(store.processing(10).await.unwrap(), vec![begun.id]);
+
+    let mut done = begun.clone();
+    done.status = Status::Successful;
+    put(&*store, Stage::Final, std::slice::from_ref(&done)).await;
+    assert!(list_ids(&*store, &processing).await.is_empty());
+    assert!(list_ids(&*store, &processing_in_a).await.is_empty());
+    assert!(store.processing(10).await.unwrap().is_empty());
+    assert_eq!(list_ids(&*store, &successful).await, vec![begun.id]);
+    let a_successful = TxQuery {
+        channel_id: Some("a".into()),
+        ..successful
+    };
+    assert_eq!(list_ids(&*store, &a_successful).await, vec![begun.id]);
+}
+
+/// Sixty records over three channels, five statuses, two resources, two responses per status.
+fn mixed_records() -> Vec<Transaction> {
+    (0..60u64)
+        .map(|i| {
+            let status = [
+                Status::Successful,
+                Status::Failed,
+                Status::Completed,
+                Status::Successful,
+                Status::Processing,
+            ][i as usize % 5];
+            let mut tx = record(i * 1000, ["a", "b", "c"][i as usize % 3], status);
+            tx.request.path = format!("/fhir/{}/{i}", ["Patient", "Observation"][i as usize % 2]);
+            if let Some(response) = &mut tx.response
+                && i % 4 == 0
+            {
+                response.status += 3;
+            }
+            tx
+        })
+        .collect()
+}
+
+pub async fn case_list_filters(store: Arc<dyn Store>) {
+    let records = mixed_records();
+    // Two batches, so the records do not all arrive in one commit.
+    put(&*store, Stage::Final, &records[..25]).await;
+    put(&*store, Stage::Final, &records[25..]).await;
+    let ms = |i: u64| Timestamp(BASE_MS + i * 1000);
+
+    let channel = |c: &str| TxQuery {
+        channel_id: Some(c.into()),
+        ..query()
+    };
+    let statuses = |s: &[Status]| TxQuery {
+        statuses: s.to_vec(),
+        ..query()
+    };
+    let cases: Vec<(&str, TxQuery, Option<usize>)> = vec![
+        ("everything", query(), Some(60)),
+        ("channel", channel("a"), Some(20)),
+        ("unknown channel", channel("zz"), Some(0)),
+        ("one status", statuses(&[Status::Failed]), Some(12)),
+        (
+            "several statuses",
+            statuses(&[Status::Failed, Status::Completed]),
+            Some(24),
+        ),
+        (
+            "a status twice",
+            statuses(&[Status::Failed, Status::Failed]),
+            Some(12),
+        ),
+        (
+            "channel and status",
+            TxQuery {
+                statuses: vec![Status::Successful],
+                ..channel("b")
+            },
+            Some(8),
+        ),
+        (
+            "channel and several statuses",
+            TxQuery {
+                statuses: vec![Status::Successful, Status::Processing, Status::Failed],
+                ..channel("c")
+            },
+            None,
+        ),
+        (
+            "from",
+            TxQuery {
+                from: Some(ms(50)),
+                ..query()
+            },
+            Some(10),
+        ),
+        (
+            "to",
+            TxQuery {
+                to: Some(ms(9)),
+                ..query()
+            },
+            Some(10),
+        ),
+        (
+            "from and to, channel",
+            TxQuery {
+                from: Some(ms(10)),
+                to: Some(ms(39)),
+                ..channel("a")
+            },
+            Some(10),
+        ),
+        (
+            "to between two records",
+            TxQuery {
+                to: Some(Timestamp(ms(9).0 + 500)),
+                ..query()
+            },
+            Some(10),
+        ),
+        (
+            "exact response status",
+            TxQuery {
+                response_status: Some(ResponseStatus::Exact(200)),
+                ..query()
+            },
+            None,
+        ),
+        (
+            "response status class",
+            TxQuery {
+                response_status: Some(ResponseStatus::Class(5)),
+                ..query()
+            },
+            Some(12),
+        ),
+        (
+            "response status class, no response",
+            TxQuery {
+                response_status: Some(ResponseStatus::Class(2)),
+                statuses: vec![Status::Processing],
+                ..query()
+            },
+            Some(0),
+        ),
+        (
+            "path",
+            TxQuery {
+                path: Some(Regex::new("Observation").unwrap()),
+                ..query()
+            },
+            Some(30),
+        ),
+        (
+            "everything at once",
+            TxQuery {
+                channel_id: Some("a".into()),
+                statuses: vec![Status::Successful, Status::Failed],
+                from: Some(ms(5)),
+                to: Some(ms(55)),
+                response_status: Some(ResponseStatus::Class(2)),
+                path: Some(Regex::new("^/fhir/Patient/").unwrap()),
+                ..query()
+            },
+            None,
+        ),
+        (
+            "from after to",
+            TxQuery {
+                from: Some(ms(30)),
+                to: Some(ms(20)),
+                ..query()
+            },
+            Some(0),
+        ),
+    ];
+    for (name, q, count) in cases {
+        let got = list_ids(&*store, &q).await;
+        let want = expected(&records, &q);
+        assert_eq!(got, want, "{name}");
+        if let Some(count) = count {
+            assert_eq!(got.len(), count, "{name}: count");
+        }
+        assert!(got.windows(2).all(|w| w[0] > w[1]), "{name}: newest first");
+    }
+
+    // Spot checks that do not lean on `TxQuery::matches`.
+    let failed_in_a = list_ids(
+        &*store,
+        &TxQuery {
+            statuses: vec![Status::Failed],
+            ..channel("a")
+        },
+    )
+    .await;
+    let want: Vec<Uuid> = [51u64, 36, 21, 6]
+        .iter()
+        .map(|&i| id_at(i * 1000, 0))
+        .collect();
+    assert_eq!(failed_in_a, want);
+    let fives = store
+        .list_transactions(&TxQuery {
+            response_status: Some(ResponseStatus::Class(5)),
+            ..query()
+        })
+        .await
+        .unwrap();
+    assert!(fives.iter().all(|tx| tx.status == Status::Failed));
+    let exact = store
+        .list_transactions(&TxQuery {
+            response_status: Some(ResponseStatus::Exact(503)),
+            ..query()
+        })
+        .await
+        .unwrap();
+    assert!(!exact.is_empty());
+    assert!(
+        exact
+            .iter()
+            .all(|tx| tx.response.as_ref().unwrap().status == 503)
+    );
+}
+
+pub async fn case_list_paging(store: Arc<dyn Store>) {
+    let records = mixed_records();
+    put(&*store, Stage::Final, &records).await;
+    for base in [
+        query(),
+        TxQuery {
+            channel_id: Some("b".into()),
+            ..query()
+        },
+        TxQuery {
+            statuses: vec![Status::Successful, Status::Completed],
+            ..query()
+        },
+        TxQuery {
+            path: Some(Regex::new("Patient").unwrap()),
+            ..query()
+        },
+    ] {
+        let all = list_ids(&*store, &base).await;
+        assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first");
+        let mut paged = Vec::new();
+        for page in 0.. {
+            let q = TxQuery {
+                offset: page * 7,
+                limit: 7,
+                ..base.clone()
+            };
+            let ids = list_ids(&*store, &q).await;
+            assert_eq!(ids, expected(&records, &q));
+            if ids.is_empty() {
+                break;
+            }
+            assert!(ids.len() <= 7);
+            paged.extend(ids);
+        }
+        assert_eq!(paged, all, "pages add up to the whole listing");
+    }
+    let none = TxQuery {
+        limit: 0,
+        ..query()
+    };
+    assert!(list_ids(&*store, &none).await.is_empty());
+    let past_the_end = TxQuery {
+        offset: 60,
+        ..query()
+    };
+    assert!(list_ids(&*store, &past_the_end).await.is_empty());
+}
+
+pub async fn case_list_snapshot(store: Arc<dyn Store>) {
+    let records: Vec<Transaction> = (0..30)
+        .map(|i| record(i, ["a", "b"][i as usize % 2], Status::Successful))
+        .collect();
+    put(&*store, Stage::Final, &records).await;
+    let snapshot = records[24].id;
+    let page = |n: usize| TxQuery {
+        snapshot: Some(snapshot),
+        offset: n * 5,
+        limit: 5,
+        ..query()
+    };
+    let first = list_ids(&*store, &page(0)).await;
+    assert_eq!(first[0], snapshot, "the snapshot itself is included");
+    assert!(first.iter().all(|id| *id <= snapshot));
+    let second = list_ids(&*store, &page(1)).await;
+
+    let newer: Vec<Transaction> = (30..40)
+        .map(|i| record(i, "a", Status::Successful))
+        .collect();
+    put(&*store, Stage::Final, &newer).await;
+    assert_eq!(list_ids(&*store, &page(0)).await, first);
+    assert_eq!(
+        list_ids(&*store, &page(1)).await,
+        second,
+        "later pages stay put"
+    );
+    let in_a = TxQuery {
+        channel_id: Some("a".into()),
+        statuses: vec![Status::Successful],
+        snapshot: Some(snapshot),
+        ..query()
+    };
+    let ids = list_ids(&*store, &in_a).await;
+    assert_eq!(ids.len(), 13);
+    assert!(ids.iter().all(|id| *id <= snapshot));
+
+    // The snapshot and `to` combine: the lower bound wins.
+    let both = TxQuery {
+        snapshot: Some(snapshot),
+        to: Some(Timestamp(BASE_MS + 9)),
+        ..query()
+    };
+    assert_eq!(list_ids(&*store, &both).await.len(), 10);
+}
+
+pub async fn case_modify(store: Arc<dyn Store>) {
+    let tx = record(1, "a", Status::Processing);
+    put(&*store, Stage::Responded, std::slice::from_ref(&tx)).await;
+    let child = id_at(2, 0);
+    assert!(
+        store
+            .modify_transaction(
+                tx.id,
+                Box::new(move |tx| {
+                    tx.child_ids.push(child);
+                    tx.status = Status::Successful;
+                }),
+            )
+            .await
+            .unwrap()
+    );
+    let changed = store.transaction(tx.id).await.unwrap().unwrap();
+    assert_eq!(changed.child_ids, vec![child]);
+    assert_eq!(changed.status, Status::Successful);
+    assert_eq!(
+        Transaction {
+            child_ids: Vec::new(),
+            status: Status::Processing,
+            ..changed.clone()
+        },
+        tx,
+        "the rest is intact"
+    );
+    let processing = TxQuery {
+        statuses: vec![Status::Processing],
+        ..query()
+    };
+    assert!(
+        list_ids(&*store, &processing).await.is_empty(),
+        "re-indexed"
+    );
+    assert!(store.processing(10).await.unwrap().is_empty());
+    let successful_in_a = TxQuery {
+        channel_id: Some("a".into()),
+        statuses: vec![Status::Successful],
+        ..query()
+    };
+    assert_eq!(list_ids(&*store, &successful_in_a).await, vec![tx.id]);
+
+    // The stage is kept: an earlier stage still loses, the same or a later one still wins.
+    put(&*store, Stage::Begun, std::slice::from_ref(&tx)).await;
+    assert_eq!(store.transaction(tx.id).await.unwrap(), Some(changed));
+    let mut last = tx.clone();
+    last.status = Status::Failed;
+    put(&*store, Stage::Final, std::slice::from_ref(&last)).await;
+    assert_eq!(store.transaction(tx.id).await.unwrap(), Some(last));
+    assert!(list_ids(&*store, &successful_in_a).await.is_empty());
+
+    // The channel moves with the record.
+    store
+        .modify_transaction(tx.id, Box::new(|tx| tx.channel_id = "z".into()))
+        .await
+        .unwrap();
+    let in_a = TxQuery {
+        channel_id: Some("a".into()),
+        ..query()
+    };
+    let in_z = TxQuery {
+        channel_id: Some("z".into()),
+        statuses: vec![Status::Failed],
+        ..query()
+    };
+    assert!(list_ids(&*store, &in_a).await.is_empty());
+    assert_eq!(list_ids(&*store, &in_z).await, vec![tx.id]);
+
+    assert!(
+        !store
+            .modify_transaction(id_at(99, 0), Box::new(|tx| tx.worker = 7))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.count_transactions().await.unwrap(), 1);
+}
+
+pub async fn case_processing(store: Arc<dyn Store>) {
+    let records: Vec<Transaction> = (0..10)
+        .map(|i| {
+            let status = if i % 3 == 0 {
+                Status::Successful
+            } else {
+                Status::Processing
+            };
+            record(i, ["a", "b"][i as usize % 2], status)
+        })
+        .collect();
+    // Newest first, to show the order comes from the ids, not the arrival.
+    let mut reversed = records.clone();
+    reversed.reverse();
+    put(&*store, Stage::Begun, &reversed).await;
+    let want: Vec<Uuid> = records
+        .iter()
+        .filter(|tx| tx.status == Status::Processing)
+        .map(|tx| tx.id)
+        .collect();
+    assert_eq!(store.processing(100).await.unwrap(), want, "oldest first");
+    assert_eq!(store.processing(2).await.unwrap(), want[..2]);
+    assert!(store.processing(0).await.unwrap().is_empty());
+}
+
+/// `tx` with every body gone, as culling leaves it.
+fn without_bodies(tx: &Transaction) -> Transaction {
+    let mut tx = tx.clone();
+    let request = |r: &mut RequestRecord| {
+        r.body = None;
+        r.body_truncated = false;
+    };
+    let response = |r: Option<&mut ResponseRecord>| {
+        if let Some(r) = r {
+            r.body = None;
+            r.body_truncated = false;
+        }
+    };
+    request(&mut tx.request);
+    response(tx.response.as_mut());
+    for exchange in tx.routes.iter_mut().chain(tx.orchestrations.iter_mut()) {
+        request(&mut exchange.request);
+        response(exchange.response.as_mut());
+    }
+    tx
+}
+
+pub async fn case_cull_bodies(store: Arc<dyn Store>) {
+    let exchange = |name: &str| Exchange {
+        name: name.into(),
+        request: RequestRecord {
+            path: "/up".into(),
+            method: "POST".into(),
+            body: body("route request"),
+            body_truncated: true,
+            timestamp: Timestamp(BASE_MS),
+            ..Default::default()
+        },
+        response: Some(ResponseRecord {
+            status: 201,
+            body: body("route response"),
+            timestamp: Timestamp(BASE_MS + 1),
+            ..Default::default()
+        }),
+        error: None,
+    };
+    let mut records: Vec<Transaction> = (0..20)
+        .map(|i| record(i, ["a", "b"][i as usize % 2], Status::Successful))
+        .collect();
+    records[0].routes.push(exchange("audit"));
+    records[0].orchestrations.push(exchange("primary"));
+    records[0].request.body_truncated = true;
+    // A record whose only body is a route's.
+    records[2].request.body = None;
+    records[2].response.as_mut().unwrap().body = None;
+    records[2].routes.push(exchange("audit"));
+    // A record without bodies: visited, not changed.
+    records[4].request.body = None;
+    records[4].response.as_mut().unwrap().body = None;
+    put(&*store, Stage::Final, &records).await;
+
+    // Channel a holds records 0, 2, …, 18; cull those below record 12, three at a time.
+    let before = records[12].id;
+    let first = store
+        .cull_bodies("a", Uuid::nil(), before, 3)
+        .await
+        .unwrap();
+    assert_eq!(first.visited, 3);
+    assert_eq!(first.changed, 2, "record 4 had no bodies");
+    assert_eq!(first.last, Some(records[4].id));
+    let second = store
+        .cull_bodies("a", first.last.unwrap(), before, 3)
+        .await
+        .unwrap();
+    assert_eq!(second.visited, 3);
+    assert_eq!(second.changed, 3);
+    assert_eq!(second.last, Some(records[10].id));
+    let third = store
+        .cull_bodies("a", second.last.unwrap(), before, 3)
+        .await
+        .unwrap();
+    assert_eq!(third, Default::default(), "nothing left below `before`");
+
+    for (i, tx) in records.iter().enumerate() {
+        let stored = store.transaction(tx.id).await.unwrap().unwrap();
+        if i % 2 == 0 && i < 12 {
+            assert_eq!(
+                stored,
+                without_bodies(tx),
+                "record {i} lost its bodies only"
+            );
+        } else {
+            assert_eq!(&stored, tx, "record {i} is untouched");
+        }
+    }
+    assert_eq!(store.count_transactions().await.unwrap(), 20);
+    let a = TxQuery {
+        channel_id: Some("a".into()),
+        statuses: vec![Status::Successful],
+        ..query()
+    };
+    assert_eq!(list_ids(&*store, &a).await.len(), 10, "indexes intact");
+
+    // Culling again finds records but nothing to remove; the bounds are exclusive.
+    let again = store
+        .cull_bodies("a", records[0].id, records[6].id, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        super::Culled {
+            visited: 2,
+            changed: 0,
+            last: Some(records[4].id)
+        }
+    );
+    assert_eq!(
+        store
+            .cull_bodies("nope", Uuid::nil(), Uuid::max(), 10)
+            .await
+            .unwrap(),
+        Default::default()
+    );
+}
+
+pub async fn case_delete_transactions(store: Arc<dyn Store>) {
+    let records: Vec<Transaction> = (0..20)
+        .map(|i| {
+            let status = [Status::Successful, Status::Failed, Status::Processing][i as usize % 3];
+            record(i, ["a", "b"][i as usize % 2], status)
+        })
+        .collect();
+    put(&*store, Stage::Final, &records).await;
+    let before = records[10].id;
+    assert_eq!(store.delete_transactions(before, 4).await.unwrap(), 4);
+    assert_eq!(store.count_transactions().await.unwrap(), 16);
+    assert_eq!(
+        store.transaction(records[3].id).await.unwrap(),
+        None,
+        "oldest first"
+    );
+    assert!(store.transaction(records[4].id).await.unwrap().is_some());
+    assert_eq!(store.delete_transactions(before, 100).await.unwrap(), 6);
+    assert_eq!(store.delete_transactions(before, 100).await.unwrap(), 0);
+    assert_eq!(store.delete_transactions(Uuid::max(), 0).await.unwrap(), 0);
+    assert_eq!(store.count_transactions().await.unwrap(), 10);
+
+    // No index still points at a deleted record.
+    let remaining: HashSet<Uuid> = records[10..].iter().map(|tx| tx.id).collect();
+    for q in [
+        query(),
+        TxQuery {
+            channel_id: Some("a".into()),
+            ..query()
+        },
+        TxQuery {
+            statuses: vec![Status::Failed],
+            ..query()
+        },
+        TxQuery {
+            channel_id: Some("b".into()),
+            statuses: vec![Status::Successful, Status::Processing],
+            ..query()
+        },
+    ] {
+        let ids = list_ids(&*store, &q).await;
+        assert!(ids.iter().all(|id| remaining.contains(id)));
+        assert_eq!(ids, expected(&records[10..], &q));
+    }
+    let processing = store.processing(100).await.unwrap();
+    assert!(processing.iter().all(|id| remaining.contains(id)));
+    assert_eq!(processing.len(), 3);
+    assert_eq!(
+        store.newest_transaction().await.unwrap(),
+        Some(records[19].id)
+    );
+
+    assert_eq!(
+        store.delete_transactions(Uuid::max(), 100).await.unwrap(),
+        10
+    );
+    assert_eq!(store.newest_transaction().await.unwrap(), None);
+    assert!(list_ids(&*store, &query()).await.is_empty());
+}
+
+pub async fn case_state(store: Arc<dyn Store>) {
+    assert_eq!(store.state("retention").await.unwrap(), None);
+    store
+        .set_state("retention", json!({"culled": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.state("retention").await.unwrap(),
+        Some(json!({"culled": "x"}))
+    );
+    store.set_state("retention", json!(2)).await.unwrap();
+    store.set_state("other", json!(null)).await.unwrap();
+    assert_eq!(store.state("retention").await.unwrap(), Some(json!(2)));
+    assert_eq!(store.state("other").await.unwrap(), Some(json!(null)));
+}
+
+pub async fn case_empty_store(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    assert!(!store.kind().is_empty());
+    assert_eq!(store.count_transactions().await.unwrap(), 0);
+    assert_eq!(store.newest_transaction().await.unwrap(), None);
+    assert!(store.processing(10).await.unwrap().is_empty());
+    assert!(list_ids(&*store, &query()).await.is_empty());
+    assert_eq!(store.delete_transactions(Uuid::max(), 10).await.unwrap(), 0);
+    assert!(
+        !store
+            .modify_transaction(id_at(1, 0), Box::new(|_| {}))
+            .await
+            .unwrap()
+    );
+}

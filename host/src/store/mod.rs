@@ -11,6 +11,7 @@
 //! [`embedded`] is the redb backend, used when no Redis is configured. Every backend must pass the
 //! contract suite in [`contract`].
 
+#[cfg(test)]
 pub mod contract;
 pub mod embedded;
 
@@ -225,15 +226,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     // ----- transactions -----
 
     /// Upserts a batch of records atomically: a record replaces the stored one with the same id only
-    /// if its stage is the same or later. Writing the same batch twice changes nothing.
+    /// if its stage is the same or later. Writing the same batch twice changes nothing. The records
+    /// are visible to readers when this returns, but only certain to survive a crash after the next
+    /// [`Store::sync`]: the recorder keeps them in its spool until then.
     async fn put_transactions(&self, batch: Vec<StoredTx>) -> StoreResult<()>;
+    /// Makes every earlier write durable.
+    async fn sync(&self) -> StoreResult<()>;
     async fn transaction(&self, id: Uuid) -> StoreResult<Option<Transaction>>;
     /// Applies `change` to a stored record atomically (read, change, write); `false` if there is no
     /// such record. The record's stage is kept.
+    // The explicit `for<'a>` matters: `async_trait` would turn an elided `&mut` into one of the
+    // method's own lifetimes, and no implementation could then call `change` on a local record.
     async fn modify_transaction(
         &self,
         id: Uuid,
-        change: Box<dyn FnOnce(&mut Transaction) + Send>,
+        change: Box<dyn for<'a> FnOnce(&'a mut Transaction) + Send>,
     ) -> StoreResult<bool>;
     /// A page of records matching `query`, newest first.
     async fn list_transactions(&self, query: &TxQuery) -> StoreResult<Vec<Transaction>>;

@@ -1,0 +1,344 @@
+//! The record of one transaction while it is being served: built as the request goes through the
+//! phases, written to the worker's spool at each stage.
+//!
+//! The primary route's response path and the secondary routes' tasks share it. Whichever finishes
+//! last writes the final stage: with no secondaries, the primary's completion is final; otherwise the
+//! primary writes `Responded` (status still Processing, as OpenHIM's is until every route answered)
+//! and the last secondary writes `Final` with the status computed over every route.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use uuid::Uuid;
+
+use crate::channel::{Channel, Route};
+use crate::recorder::spool::{Spool, SpoolError};
+use crate::transaction::{
+    Body, BodyBudget, ErrorDetails, Exchange, Headers, RequestRecord, ResponseRecord, Stage,
+    Status, Timestamp, Transaction,
+};
+
+/// One transaction being recorded.
+#[derive(Debug)]
+pub struct TxRecording {
+    spool: Arc<Spool>,
+    channel: Arc<Channel>,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    tx: Transaction,
+    budget: BodyBudget,
+    secondaries_left: usize,
+    primary_done: bool,
+    finished: bool,
+}
+
+/// What the recording needs to know about the request.
+#[derive(Debug)]
+pub struct RequestFacts<'a> {
+    pub id: Uuid,
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+    pub client_ip: IpAddr,
+    pub parent: Option<Uuid>,
+    pub started: Instant,
+    pub arrived: Timestamp,
+}
+
+impl TxRecording {
+    /// Builds the record of a request that has been read, and appends its `Begun` stage. The caller
+    /// waits for the returned sequence number before anything goes upstream.
+    pub fn begin(
+        spool: &Arc<Spool>,
+        channel: &Arc<Channel>,
+        facts: RequestFacts<'_>,
+        worker: usize,
+        instance: &str,
+        max_bodies: u64,
+        secondaries: usize,
+    ) -> Result<(Arc<TxRecording>, u64), SpoolError> {
+        let mut budget = BodyBudget::new(channel.max_stored_body_size.unwrap_or(max_bodies));
+        let (body, body_truncated) = if channel.request_body {
+            budget.take(facts.body)
+        } else {
+            (None, false)
+        };
+        let host = facts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let (host, port) = match host.map(|h| h.rsplit_once(':')) {
+            Some(Some((h, p))) if p.chars().all(|c| c.is_ascii_digit()) => {
+                (Some(h.to_owned()), Some(p.to_owned()))
+            }
+            _ => (host.map(str::to_owned), None),
+        };
+        let tx = Transaction {
+            id: facts.id,
+            channel_id: channel.id.to_string(),
+            channel_name: channel.name.clone(),
+            client_id: None,
+            client_ip: facts.client_ip.to_string(),
+            request: RequestRecord {
+                host,
+                port,
+                path: facts.uri.path().to_owned(),
+                querystring: facts.uri.query().unwrap_or("").to_owned(),
+                method: facts.method.as_str().to_owned(),
+                headers: Headers::redacted(facts.headers),
+                body,
+                body_truncated,
+                timestamp: facts.arrived,
+            },
+            response: None,
+            routes: Vec::new(),
+            orchestrations: Vec::new(),
+            properties: Default::default(),
+            error: None,
+            status: Status::Processing,
+            // A body that was not stored whole cannot be sent again. A channel that stores no
+            // request bodies can still rerun bodiless requests (OpenHIM: GET, DELETE, …).
+            can_rerun: !body_truncated && (channel.request_body || facts.body.is_empty()),
+            was_rerun: facts.parent.is_some(),
+            parent_id: facts.parent,
+            child_ids: Vec::new(),
+            worker: u16::try_from(worker).unwrap_or(u16::MAX),
+            instance: instance.to_owned(),
+            duration_ms: None,
+        };
+        let seq = spool.append(&tx, Stage::Begun)?;
+        let recording = Arc::new(TxRecording {
+            spool: Arc::clone(spool),
+            channel: Arc::clone(channel),
+            started: facts.started,
+            state: Mutex::new(State {
+                tx,
+                budget,
+                secondaries_left: secondaries,
+                primary_done: false,
+                finished: false,
+            }),
+        });
+        Ok((recording, seq))
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// How many response-body bytes are worth capturing: none if the channel stores no response
+    /// bodies, else what is left of the per-transaction cap.
+    pub fn response_capture_limit(&self) -> usize {
+        if !self.channel.response_body {
+            return 0;
+        }
+        let state = self.lock();
+        usize::try_from(state.budget.remaining()).unwrap_or(usize::MAX)
+    }
+
+    /// The primary answered: its status and headers (the body follows).
+    pub fn primary_head(&self, status: StatusCode, headers: &HeaderMap) {
+        let route = self.channel.primary();
+        let now = Timestamp::now();
+        let mut state = self.lock();
+        state.tx.response = Some(ResponseRecord {
+            status: status.as_u16(),
+            headers: Headers::redacted(headers),
+            body: None,
+            body_truncated: false,
+            timestamp: now,
+        });
+        let exchange = self.orchestration(&state.tx, route, Some(status.as_u16()), None, now);
+        state.tx.orchestrations.push(exchange);
+    }
+
+    /// The primary's response body is complete (or failed with `error`); `body` is what was
+    /// captured of it and `cut` whether it was longer. Returns the sequence number of the record to
+    /// wait for before the client gets the last byte.
+    pub fn primary_done(&self, body: Bytes, cut: bool, error: Option<String>) -> Option<u64> {
+        let mut state = self.lock();
+        if state.primary_done {
+            return None;
+        }
+        let (stored, truncated) = if self.channel.response_body {
+            state.budget.take(&body)
+        } else {
+            (None, false)
+        };
+        if let Some(response) = &mut state.tx.response {
+            response.body = stored;
+            response.body_truncated = truncated || cut;
+            response.timestamp = Timestamp::now();
+        }
+        if let Some(message) = error {
+            state.tx.error = Some(ErrorDetails::new(message));
+        }
+        self.finish_primary(&mut state)
+    }
+
+    /// The primary failed; the client gets `status` with `body` (Mediary's error JSON).
+    pub fn primary_failed(
+        &self,
+        route: Option<&Route>,
+        status: StatusCode,
+        body: &Bytes,
+        message: String,
+    ) -> Option<u64> {
+        let now = Timestamp::now();
+        let mut state = self.lock();
+        let (stored, truncated) = state.budget.take(body);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        state.tx.response = Some(ResponseRecord {
+            status: status.as_u16(),
+            headers: Headers::redacted(&headers),
+            body: stored,
+            body_truncated: truncated,
+            timestamp: now,
+        });
+        if let Some(route) = route {
+            let exchange = self.orchestration(&state.tx, route, None, Some(&message), now);
+            state.tx.orchestrations.push(exchange);
+        }
+        state.tx.error = Some(ErrorDetails::new(message));
+        self.finish_primary(&mut state)
+    }
+
+    /// A secondary route finished.
+    pub fn secondary_done(&self, exchange: Exchange) {
+        let mut state = self.lock();
+        state.tx.routes.push(exchange);
+        state.secondaries_left = state.secondaries_left.saturating_sub(1);
+        if state.primary_done && state.secondaries_left == 0 {
+            self.write_final(&mut state);
+        }
+    }
+
+    /// Records a secondary's response body within the budget (and the channel's body settings).
+    pub fn store_route_body(&self, body: &Bytes) -> (Option<Body>, bool) {
+        if !self.channel.response_body {
+            return (None, false);
+        }
+        self.lock().budget.take(body)
+    }
+
+    /// The record as it stands.
+    pub fn snapshot(&self) -> Transaction {
+        self.lock().tx.clone()
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.lock().tx.id
+    }
+
+    fn finish_primary(&self, state: &mut State) -> Option<u64> {
+        state.primary_done = true;
+        state.tx.duration_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
+        if let Some(response) = &state.tx.response {
+            self.channel
+                .metrics
+                .response(response.status, self.started.elapsed());
+        }
+        if state.secondaries_left == 0 {
+            self.write_final(state)
+        } else {
+            state.tx.status = Status::Processing;
+            self.append(state, Stage::Responded)
+        }
+    }
+
+    fn write_final(&self, state: &mut State) -> Option<u64> {
+        if state.finished {
+            return None;
+        }
+        state.finished = true;
+        state.tx.settle_status();
+        self.channel.metrics.status(state.tx.status);
+        self.append(state, Stage::Final)
+    }
+
+    fn append(&self, state: &State, stage: Stage) -> Option<u64> {
+        match self.spool.append(&state.tx, stage) {
+            Ok(seq) => Some(seq),
+            Err(error) => {
+                tracing::error!(transaction = %state.tx.id, %error, "Could not record a transaction.");
+                None
+            }
+        }
+    }
+
+    fn orchestration(
+        &self,
+        tx: &Transaction,
+        route: &Route,
+        status: Option<u16>,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Exchange {
+        // The primary's request and response are the transaction's own (headers and bodies are not
+        // stored twice); the orchestration says where it went, when, and how it ended.
+        Exchange {
+            name: route.name.clone(),
+            request: RequestRecord {
+                host: Some(route.host.clone()),
+                port: Some(route.port.to_string()),
+                path: route.rewrite.apply(&tx.request.path),
+                querystring: tx.request.querystring.clone(),
+                method: tx.request.method.clone(),
+                headers: Headers::default(),
+                body: None,
+                body_truncated: false,
+                timestamp: tx.request.timestamp,
+            },
+            response: status.map(|status| ResponseRecord {
+                status,
+                headers: Headers::default(),
+                body: None,
+                body_truncated: false,
+                timestamp: now,
+            }),
+            error: error.map(ErrorDetails::new),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Builds the route entry of a secondary route's call.
+pub fn route_exchange(
+    route: &Route,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+    sent: Timestamp,
+) -> Exchange {
+    Exchange {
+        name: route.name.clone(),
+        request: RequestRecord {
+            host: Some(route.host.clone()),
+            port: Some(route.port.to_string()),
+            path: route.rewrite.apply(path),
+            querystring: query.unwrap_or("").to_owned(),
+            method: method.as_str().to_owned(),
+            headers: Headers::default(),
+            body: None,
+            body_truncated: false,
+            timestamp: sent,
+        },
+        response: None,
+        error: None,
+    }
+}

@@ -1,0 +1,119 @@
+//! Keeping the live channel table in step with the store.
+//!
+//! At start, the channels of the config file are upserted into the store by name, so a file-based
+//! deployment and an API-managed one end in the same place. From then on the store is the truth: a
+//! task rebuilds the table whenever the store's configuration generation changes (the store wakes it)
+//! and, as a safety net for missed notifications, checks the generation every few seconds. A rebuilt
+//! table replaces the old one atomically; requests already matched keep the channel they matched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::Shared;
+use crate::channel::{Channel, ChannelTable};
+use crate::config::fields::FieldErrors;
+use crate::store::{Collection, Store};
+
+/// How often the generation is checked even without a notification.
+const SAFETY_NET: Duration = Duration::from_secs(5);
+
+/// Upserts the config file's channels into the store, by name. A stored channel whose document is
+/// already the same is left alone (its generation does not move).
+pub async fn upsert_config_channels(store: &dyn Store, documents: &[Value]) -> anyhow::Result<()> {
+    let stored = store.list(Collection::Channels).await?;
+    for document in documents {
+        let Some(name) = document.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let existing = stored
+            .iter()
+            .find(|(_, d)| d.get("name").and_then(Value::as_str) == Some(name));
+        let id = match existing {
+            Some((id, current)) => {
+                if without_id(current) == without_id(document) {
+                    continue;
+                }
+                id.clone()
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let mut document = document.clone();
+        if let Value::Object(map) = &mut document {
+            map.insert("_id".into(), Value::String(id.clone()));
+        }
+        store.put(Collection::Channels, &id, document).await?;
+        tracing::info!(channel = name, id = %id, "Channel from the config file saved to the store.");
+    }
+    Ok(())
+}
+
+fn without_id(document: &Value) -> Value {
+    let mut document = document.clone();
+    if let Value::Object(map) = &mut document {
+        map.remove("_id");
+    }
+    document
+}
+
+/// Builds the channel table from the store's documents and installs it. A stored document that no
+/// longer validates (written by a newer version, or by hand) is skipped with an error in the log.
+pub async fn load(shared: &Shared) -> anyhow::Result<usize> {
+    let documents = shared.store.list(Collection::Channels).await?;
+    let mut channels = Vec::with_capacity(documents.len());
+    for (id, document) in documents {
+        let mut errors = FieldErrors::default();
+        match Channel::parse(format!("channels/{id}"), &document, &mut errors) {
+            Some(mut channel) => {
+                channel.id = Arc::from(id.as_str());
+                channel.metrics = shared.metrics.channel(&channel.id, &channel.name);
+                channels.push(channel);
+            }
+            None => {
+                let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                tracing::error!(channel = %id, problems = %problems.join("; "), "A stored channel is invalid; it is not served.");
+            }
+        }
+    }
+    let count = channels.len();
+    shared.channels.store(Arc::new(ChannelTable::new(channels)));
+    Ok(count)
+}
+
+/// Reloads the table whenever the store's generation moves, until `stop`.
+pub async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut changes = shared.store.subscribe();
+    let mut applied = shared.store.generation().await.unwrap_or(0);
+    loop {
+        let lost = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = changes.changed() => changed.is_err(),
+            _ = tokio::time::sleep(SAFETY_NET) => false,
+        };
+        if lost {
+            // The store dropped its sender: fall back to polling.
+            tokio::time::sleep(SAFETY_NET).await;
+        }
+        let generation = match shared.store.generation().await {
+            Ok(generation) => generation,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read the configuration generation; keeping the current channels.");
+                continue;
+            }
+        };
+        if generation == applied {
+            continue;
+        }
+        match load(&shared).await {
+            Ok(count) => {
+                applied = generation;
+                tracing::info!(generation, channels = count, "Channels reloaded.");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Reloading channels failed; keeping the current ones.");
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The [`Api`] fixture: Mediary's management API, called as one user.
+//!
+//! ```no_run
+//! use mediary_e2e::{Mediary, Upstream, channel_json};
+//!
+//! let upstream = Upstream::echo();
+//! let mediary = Mediary::with_config("").start();
+//! let channel = mediary.api().create_channel(&channel_json("echo", "^/echo", upstream.port()));
+//! let listed = mediary.api().get("/channels").send().json();
+//! ```
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::client::{Call, Client, Reply};
+
+/// The management API at one base URL, as one user.
+#[derive(Clone, Debug)]
+pub struct Api {
+    client: Client,
+    base: String,
+    user: String,
+    password: String,
+}
+
+impl Api {
+    /// The API at `base` (`http://host:port`), as `user` with `password`.
+    pub fn new(base: impl Into<String>, user: &str, password: &str) -> Api {
+        Api {
+            client: Client::new(),
+            base: base.into(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+        }
+    }
+
+    /// The same API as another user.
+    pub fn as_user(&self, user: &str, password: &str) -> Api {
+        Api::new(self.base.clone(), user, password)
+    }
+
+    /// `<base><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> Call {
+        self.authenticated(self.client.get(self.url(path)))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Call {
+        self.authenticated(self.client.post(self.url(path)).json(body))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Call {
+        self.authenticated(self.client.put(self.url(path)).json(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Call {
+        self.authenticated(self.client.delete(self.url(path)))
+    }
+
+    fn authenticated(&self, call: Call) -> Call {
+        call.basic_auth(&self.user, &self.password)
+    }
+
+    /// Creates a channel and returns it as stored (with its `_id`); panics unless the API says 201.
+    pub fn create_channel(&self, channel: &Value) -> Value {
+        let reply = self.post("/channels", channel).send();
+        assert_eq!(reply.status(), 201, "creating a channel: {}", reply.text());
+        reply.json()
+    }
+
+    /// The stored channel with this id or name; panics unless the API says 200.
+    pub fn channel(&self, id_or_name: &str) -> Value {
+        let reply = self.get(&format!("/channels/{id_or_name}")).send();
+        assert_eq!(reply.status(), 200, "reading a channel: {}", reply.text());
+        reply.json()
+    }
+
+    /// `GET /transactions?<query>`; panics unless the API says 200.
+    pub fn transactions(&self, query: &str) -> Listing {
+        let reply = self.get(&format!("/transactions?{query}")).send();
+        assert_eq!(
+            reply.status(),
+            200,
+            "listing transactions: {}",
+            reply.text()
+        );
+        Listing::from(reply)
+    }
+
+    /// Polls `GET /transactions?<query>` until it lists at least `count` records (recording is
+    /// asynchronous); panics after `timeout`.
+    pub fn wait_for_transactions(&self, query: &str, count: usize, timeout: Duration) -> Listing {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let listing = self.transactions(query);
+            if listing.records.len() >= count {
+                return listing;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET /transactions?{query} listed {} records after {timeout:?}, expected {count}",
+                listing.records.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET /transactions/:id`; panics unless the API says 200.
+    pub fn transaction(&self, id: &str) -> Value {
+        let reply = self.get(&format!("/transactions/{id}")).send();
+        assert_eq!(
+            reply.status(),
+            200,
+            "reading transaction {id}: {}",
+            reply.text()
+        );
+        reply.json()
+    }
+}
+
+/// One page of `GET /transactions`.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    pub records: Vec<Value>,
+    /// The `X-Mediary-Snapshot` the page was taken at.
+    pub snapshot: String,
+}
+
+impl Listing {
+    /// The records' `_id`s, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .map(|r| r["_id"].as_str().expect("a record has an _id").to_owned())
+            .collect()
+    }
+}
+
+impl From<Reply> for Listing {
+    fn from(reply: Reply) -> Listing {
+        let snapshot = reply
+            .header("x-mediary-snapshot")
+            .expect("a listing says which snapshot it shows")
+            .to_owned();
+        let records = match reply.json() {
+            Value::Array(records) => records,
+            other => panic!("a listing is a bare JSON array, got {other}"),
+        };
+        Listing { records, snapshot }
+    }
+}
+
+/// JSON for a public channel that accepts every method on `url_pattern` and sends it to port `port`
+/// of 127.0.0.1 through one primary route named `"<name> route"` (the API twin of
+/// [`crate::public_channel`]).
+pub fn channel_json(name: &str, url_pattern: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "urlPattern": url_pattern,
+        "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        "authType": "public",
+        "routes": [{
+            "name": format!("{name} route"),
+            "host": "127.0.0.1",
+            "port": port,
+            "primary": true,
+        }],
+    })
+}
+
+/// `filters=<json>`, URL-encoded, for a transaction listing's query string.
+pub fn filters(value: &Value) -> String {
+    format!("filters={}", url_encode(&value.to_string()))
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn encodes_filters_for_a_query_string() {
+        assert_eq!(url_encode("a b/{\"x\"}~"), "a%20b%2F%7B%22x%22%7D~");
+        assert_eq!(filters(&json!({"a": 1})), "filters=%7B%22a%22%3A1%7D");
+    }
+}
