@@ -112,7 +112,7 @@ impl fmt::Debug for PathTransform {
 
 /// A regex error on one line. The regex crate draws the pattern and a caret over several lines; an
 /// error list wants one line per problem, so keep its last line, which says what is wrong.
-fn regex_error(error: &regex::Error) -> String {
+pub fn regex_error(error: &regex::Error) -> String {
     let text = error.to_string();
     let last = text
         .lines()

@@ -108,126 +108,134 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let _ = writeln!(
-            out,
-            "# HELP mediary_channel_requests_total Requests matched to the channel."
+        let labels: Vec<String> = channels
+            .iter()
+            .map(|(id, name, _)| {
+                format!("channel=\"{}\",channel_id=\"{}\"", escape(name), escape(id))
+            })
+            .collect();
+
+        family(
+            &mut out,
+            "mediary_channel_requests_total",
+            "counter",
+            "Requests matched to the channel.",
         );
-        let _ = writeln!(out, "# TYPE mediary_channel_requests_total counter");
-        for (id, name, m) in &channels {
-            let _ = writeln!(
-                out,
-                "mediary_channel_requests_total{{channel=\"{}\",channel_id=\"{}\"}} {}",
-                escape(name),
-                escape(id),
-                m.requests.load(Relaxed)
+        for (labels, (_, _, m)) in labels.iter().zip(&channels) {
+            sample(
+                &mut out,
+                "mediary_channel_requests_total",
+                labels,
+                m.requests.load(Relaxed),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP mediary_channel_responses_total Responses sent to clients, by status class."
+        family(
+            &mut out,
+            "mediary_channel_responses_total",
+            "counter",
+            "Responses sent to clients, by status class.",
         );
-        let _ = writeln!(out, "# TYPE mediary_channel_responses_total counter");
-        for (id, name, m) in &channels {
+        for (labels, (_, _, m)) in labels.iter().zip(&channels) {
             for (i, c) in m.responses.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "mediary_channel_responses_total{{channel=\"{}\",channel_id=\"{}\",class=\"{}xx\"}} {}",
-                    escape(name),
-                    escape(id),
-                    i + 1,
-                    c.load(Relaxed)
+                let labels = format!("{labels},class=\"{}xx\"", i + 1);
+                sample(
+                    &mut out,
+                    "mediary_channel_responses_total",
+                    &labels,
+                    c.load(Relaxed),
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP mediary_channel_transactions_total Transactions by final status."
+        family(
+            &mut out,
+            "mediary_channel_transactions_total",
+            "counter",
+            "Transactions by final status.",
         );
-        let _ = writeln!(out, "# TYPE mediary_channel_transactions_total counter");
-        for (id, name, m) in &channels {
+        for (labels, (_, _, m)) in labels.iter().zip(&channels) {
             for status in Status::ALL {
-                let _ = writeln!(
-                    out,
-                    "mediary_channel_transactions_total{{channel=\"{}\",channel_id=\"{}\",status=\"{}\"}} {}",
-                    escape(name),
-                    escape(id),
-                    status.as_str(),
-                    m.statuses[usize::from(status.code())].load(Relaxed)
+                let labels = format!("{labels},status=\"{}\"", status.as_str());
+                let value = m.statuses[usize::from(status.code())].load(Relaxed);
+                sample(
+                    &mut out,
+                    "mediary_channel_transactions_total",
+                    &labels,
+                    value,
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP mediary_channel_request_duration_seconds Time from request to complete response."
+        let histogram = "mediary_channel_request_duration_seconds";
+        family(
+            &mut out,
+            histogram,
+            "histogram",
+            "Time from request to complete response.",
         );
-        let _ = writeln!(
-            out,
-            "# TYPE mediary_channel_request_duration_seconds histogram"
-        );
-        for (id, name, m) in &channels {
-            let labels = format!("channel=\"{}\",channel_id=\"{}\"", escape(name), escape(id));
+        for (labels, (_, _, m)) in labels.iter().zip(&channels) {
             let mut cumulative = 0;
             for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
                 cumulative += m.latency_buckets[i].load(Relaxed);
                 let _ = writeln!(
                     out,
-                    "mediary_channel_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                    "{histogram}_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
                 );
             }
             cumulative += m.latency_buckets[LATENCY_BUCKETS.len()].load(Relaxed);
             let _ = writeln!(
                 out,
-                "mediary_channel_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+                "{histogram}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
             );
             let sum = m.latency_sum_us.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "mediary_channel_request_duration_seconds_sum{{{labels}}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "mediary_channel_request_duration_seconds_count{{{labels}}} {cumulative}"
-            );
+            let _ = writeln!(out, "{histogram}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{histogram}_count{{{labels}}} {cumulative}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP mediary_worker_requests_total Requests served by the worker."
+        family(
+            &mut out,
+            "mediary_worker_requests_total",
+            "counter",
+            "Requests served by the worker.",
         );
-        let _ = writeln!(out, "# TYPE mediary_worker_requests_total counter");
         for (i, w) in workers.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "mediary_worker_requests_total{{worker=\"{i}\"}} {}",
-                w.requests.load(Relaxed)
+            let labels = format!("worker=\"{i}\"");
+            sample(
+                &mut out,
+                "mediary_worker_requests_total",
+                &labels,
+                w.requests.load(Relaxed),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP mediary_worker_open_connections Client connections open on the worker."
+        family(
+            &mut out,
+            "mediary_worker_open_connections",
+            "gauge",
+            "Client connections open on the worker.",
         );
-        let _ = writeln!(out, "# TYPE mediary_worker_open_connections gauge");
         for (i, w) in workers.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "mediary_worker_open_connections{{worker=\"{i}\"}} {}",
-                w.open_connections.load(Relaxed)
+            let labels = format!("worker=\"{i}\"");
+            sample(
+                &mut out,
+                "mediary_worker_open_connections",
+                &labels,
+                w.open_connections.load(Relaxed),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP mediary_records_stored_total Transaction records written to the store."
+        family(
+            &mut out,
+            "mediary_records_stored_total",
+            "counter",
+            "Transaction records written to the store.",
         );
-        let _ = writeln!(out, "# TYPE mediary_records_stored_total counter");
         let _ = writeln!(
             out,
             "mediary_records_stored_total {}",
             self.records_stored.load(Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP mediary_store_errors_total Failed store writes (the records stay spooled and are retried)."
+        family(
+            &mut out,
+            "mediary_store_errors_total",
+            "counter",
+            "Failed store writes (the records stay spooled and are retried).",
         );
-        let _ = writeln!(out, "# TYPE mediary_store_errors_total counter");
         let _ = writeln!(
             out,
             "mediary_store_errors_total {}",
@@ -235,6 +243,16 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
+    let _ = writeln!(out, "{name}{{{labels}}} {value}");
 }
 
 /// Escapes a Prometheus label value.

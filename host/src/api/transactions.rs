@@ -300,7 +300,12 @@ fn parse_filters(text: &str, errors: &mut FieldErrors) -> TxQuery {
                     .size_limit(1 << 20)
                     .build()
                     .map(|regex| query.path = Some(regex))
-                    .map_err(|e| format!("not a valid regular expression: {}", regex_error(&e))),
+                    .map_err(|e| {
+                        format!(
+                            "not a valid regular expression: {}",
+                            crate::channel::regex_error(&e)
+                        )
+                    }),
                 other => Err(format!(
                     "expected a regular expression, found {}",
                     shown(other)
@@ -482,17 +487,6 @@ fn shown(value: &Value) -> String {
         Value::Array(_) | Value::Object(_) => kind(value).to_owned(),
         other => other.to_string(),
     }
-}
-
-/// The last line of a regex error (see `channel::regex_error`).
-fn regex_error(error: &regex::Error) -> String {
-    let text = error.to_string();
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    last.trim().trim_start_matches("error: ").to_owned()
 }
 
 #[cfg(test)]

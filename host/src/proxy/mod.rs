@@ -75,7 +75,6 @@ struct Admitted {
     client_ip: IpAddr,
     parent: Option<Uuid>,
     started: Instant,
-    arrived: Timestamp,
 }
 
 /// The primary's response, the lease of its connection, and the inactivity timeout for its body.
@@ -157,7 +156,6 @@ impl Proxy {
         remote: SocketAddr,
     ) -> Result<Admitted, ProxyError> {
         let started = Instant::now();
-        let arrived = Timestamp::now();
         let channel = self.match_channel(request.method(), request.uri().path())?;
         if channel.auth_type == AuthType::Private {
             return Err(ProxyError::Unauthorized {
@@ -177,7 +175,6 @@ impl Proxy {
             client_ip: headers::canonical_ip(remote.ip()),
             parent: None,
             started,
-            arrived,
         })
     }
 
@@ -190,7 +187,6 @@ impl Proxy {
             client_ip,
             parent,
             started,
-            arrived,
         } = admitted;
         let (id, id_header) = new_id();
         let secondaries: Vec<&Route> = channel.secondaries().collect();
@@ -205,7 +201,6 @@ impl Proxy {
                 client_ip,
                 parent,
                 started,
-                arrived,
             };
             let config = &self.shared.config;
             let begun = TxRecording::begin(
@@ -310,9 +305,9 @@ impl Proxy {
     ) {
         let mut exchange = route_exchange(
             route,
-            &parts.method,
+            parts.method.as_str(),
             parts.uri.path(),
-            parts.uri.query(),
+            parts.uri.query().unwrap_or(""),
             Timestamp::now(),
         );
         let request = upstream_request(route, parts, parts.headers.clone(), body.clone(), channel);

@@ -50,7 +50,6 @@ pub struct RequestFacts<'a> {
     pub client_ip: IpAddr,
     pub parent: Option<Uuid>,
     pub started: Instant,
-    pub arrived: Timestamp,
 }
 
 impl TxRecording {
@@ -96,7 +95,9 @@ impl TxRecording {
                 headers: Headers::redacted(facts.headers),
                 body,
                 body_truncated,
-                timestamp: facts.arrived,
+                // The id's own time (when the request had been read), so that time filters and the
+                // id order, which the indexes use, always agree.
+                timestamp: Timestamp::of_id(facts.id),
             },
             response: None,
             routes: Vec::new(),
@@ -288,28 +289,23 @@ impl TxRecording {
     ) -> Exchange {
         // The primary's request and response are the transaction's own (headers and bodies are not
         // stored twice); the orchestration says where it went, when, and how it ended.
-        Exchange {
-            name: route.name.clone(),
-            request: RequestRecord {
-                host: Some(route.host.clone()),
-                port: Some(route.port.to_string()),
-                path: route.rewrite.apply(&tx.request.path),
-                querystring: tx.request.querystring.clone(),
-                method: tx.request.method.clone(),
-                headers: Headers::default(),
-                body: None,
-                body_truncated: false,
-                timestamp: tx.request.timestamp,
-            },
-            response: status.map(|status| ResponseRecord {
-                status,
-                headers: Headers::default(),
-                body: None,
-                body_truncated: false,
-                timestamp: now,
-            }),
-            error: error.map(ErrorDetails::new),
-        }
+        let request = &tx.request;
+        let mut exchange = route_exchange(
+            route,
+            &request.method,
+            &request.path,
+            &request.querystring,
+            request.timestamp,
+        );
+        exchange.response = status.map(|status| ResponseRecord {
+            status,
+            headers: Headers::default(),
+            body: None,
+            body_truncated: false,
+            timestamp: now,
+        });
+        exchange.error = error.map(ErrorDetails::new);
+        exchange
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -320,9 +316,9 @@ impl TxRecording {
 /// Builds the route entry of a secondary route's call.
 pub fn route_exchange(
     route: &Route,
-    method: &http::Method,
+    method: &str,
     path: &str,
-    query: Option<&str>,
+    query: &str,
     sent: Timestamp,
 ) -> Exchange {
     Exchange {
@@ -331,8 +327,8 @@ pub fn route_exchange(
             host: Some(route.host.clone()),
             port: Some(route.port.to_string()),
             path: route.rewrite.apply(path),
-            querystring: query.unwrap_or("").to_owned(),
-            method: method.as_str().to_owned(),
+            querystring: query.to_owned(),
+            method: method.to_owned(),
             headers: Headers::default(),
             body: None,
             body_truncated: false,

@@ -8,7 +8,7 @@ use http_body_util::BodyExt as _;
 use uuid::Uuid;
 
 use crate::store::StoreError;
-use crate::transaction::{REDACTED, Status, Timestamp, Transaction};
+use crate::transaction::{REDACTED, Status, Transaction};
 
 use super::{Admitted, Proxy};
 
@@ -80,7 +80,6 @@ impl Proxy {
                 .unwrap_or(IpAddr::from([127, 0, 0, 1])),
             parent: Some(parent.id),
             started: Instant::now(),
-            arrived: Timestamp::now(),
         };
         let routed = self.route(admitted).await;
         let recording = routed.recording.clone();
