@@ -4,54 +4,40 @@
 //!
 //! Settings (environment):
 //! - `RECORDS` (default 1,000,000): how many records the store holds.
-//! - `QUERIES` (default 2,000): timed queries per shape.
+//! - `QUERIES` (default 2,000): timed queries per shape; 0 only fills the store (and reports its
+//!   size).
 //! - `HOT_PATH` (default 20,000): records then written as the recorder writes them (each record
 //!   twice: begun, then final), to time the write path on a full store; 0 to skip.
 //! - `LISTING_DIR`: keep the store there (and reuse it when it already holds `RECORDS`);
-//!   otherwise a temporary directory.
+//!   otherwise a temporary directory. A Mediary whose `[store] data_dir` is that folder serves the
+//!   records (`bench/listing.sh` does that); their channels are `common::channel_id`s.
 //!
 //! Run: `cargo bench -p mediary --bench tx_listing`.
+
+mod common;
+
+// As the `mediary` binary: the store's costs depend on the allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use regex::Regex;
 
-use mediary::store::embedded::{EmbeddedStore, FILE_NAME};
+use mediary::store::embedded::EmbeddedStore;
 use mediary::store::{ResponseStatus, Store, StoredTx, TxQuery};
-use mediary::transaction::{
-    Body, Exchange, Headers, RequestRecord, ResponseRecord, Stage, Status, Timestamp, Transaction,
-};
+use mediary::transaction::{Stage, Status, Timestamp, Transaction};
 
-const CHANNELS: u64 = 20;
+use common::{CHANNELS, channel_id, disk_use, mix, setting};
+
 const BATCH: usize = 1000;
 const PAGE: usize = 20;
 /// Records are spread over 30 days before this time (2025-06-15), one id per millisecond at most.
 const END_MS: u64 = 1_750_000_000_000;
 const SPAN_MS: u64 = 30 * 24 * 3600 * 1000;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.replace('_', "").parse().expect("a number"))
-        .unwrap_or(default)
-}
-
-/// A stateless mix of `i` (splitmix64), so record `i` is the same on every run.
-fn mix(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn channel_id(c: u64) -> String {
-    // Shaped like OpenHIM's ObjectIds.
-    format!("65f0a1b2c3d4e5f6a7b8c9{c:02x}")
-}
 
 struct Shape {
     step_ms: u64,
@@ -72,110 +58,9 @@ impl Shape {
     }
 }
 
-fn text(len: usize, seed: u64) -> Bytes {
-    let mut out = format!(r#"{{"resourceType":"Bundle","id":"{seed:016x}","entry":["#);
-    let mut n = 0u64;
-    while out.len() < len - 40 {
-        out.push_str(&format!(
-            r#"{{"fullUrl":"urn:uuid:{:016x}"}},"#,
-            mix(seed ^ n)
-        ));
-        n += 1;
-    }
-    out.push_str(r#"{}]}"#);
-    Bytes::from(out)
-}
-
-/// Record `i`: ~1 KiB request and response bodies, ten request headers, one orchestration.
+/// Record `i` of a store shaped by `shape`.
 fn record(shape: &Shape, i: u64) -> Transaction {
-    let r = mix(i);
-    let ms = shape.ms(i);
-    let mut random = [0u8; 10];
-    random[..8].copy_from_slice(&r.to_le_bytes());
-    random[8..].copy_from_slice(&(i as u16).to_le_bytes());
-    let id = uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid();
-    let channel = r % CHANNELS;
-    let (status, code) = match (r >> 8) % 100 {
-        0..90 => (Status::Successful, 200),
-        90..95 => (Status::Failed, 500),
-        _ => (Status::Completed, 404),
-    };
-    let resource = ["Patient", "Observation", "Encounter"][((r >> 16) % 3) as usize];
-    let at = Timestamp(ms);
-    let headers = |n: usize| {
-        Headers(
-            [
-                ("host", "hie.example.org:5001"),
-                ("content-type", "application/fhir+json"),
-                ("accept", "application/fhir+json"),
-                ("user-agent", "EMR/4.2 (openmrs)"),
-                ("authorization", "Basic [redacted]"),
-                ("x-request-id", "0f6c1a52-4b1e-4d2f-9b43-2f0b1f6a7e11"),
-                ("x-forwarded-for", "10.20.30.40"),
-                ("accept-encoding", "gzip, deflate"),
-                ("connection", "keep-alive"),
-                ("content-length", "1024"),
-            ]
-            .iter()
-            .take(n)
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        )
-    };
-    let response = ResponseRecord {
-        status: code,
-        headers: headers(4),
-        body: Some(Body(text(1024, r ^ 1))),
-        body_truncated: false,
-        timestamp: Timestamp(ms + 12),
-    };
-    Transaction {
-        id,
-        channel_id: channel_id(channel),
-        channel_name: format!("FHIR channel {channel}"),
-        client_id: Some(format!("emr-{}", r % 50)),
-        client_ip: "10.20.30.40".into(),
-        request: RequestRecord {
-            host: Some("hie.example.org".into()),
-            port: Some("5001".into()),
-            path: format!("/fhir/{resource}/{}", r % 100_000),
-            querystring: "_format=json".into(),
-            method: "POST".into(),
-            headers: headers(10),
-            body: Some(Body(text(1024, r))),
-            body_truncated: false,
-            timestamp: at,
-        },
-        response: Some(response.clone()),
-        routes: Vec::new(),
-        orchestrations: vec![Exchange {
-            name: "primary".into(),
-            request: RequestRecord {
-                host: Some("fhir.internal".into()),
-                port: Some("8080".into()),
-                path: format!("/fhir/{resource}"),
-                method: "POST".into(),
-                headers: headers(3),
-                timestamp: Timestamp(ms + 1),
-                ..Default::default()
-            },
-            response: Some(ResponseRecord {
-                body: None,
-                ..response
-            }),
-            error: None,
-        }],
-        properties: Default::default(),
-        error: None,
-        status,
-        can_rerun: true,
-        was_rerun: false,
-        parent_id: None,
-        child_ids: Vec::new(),
-        worker: (r % 4) as u16,
-        instance: "mediary-1".into(),
-        duration_ms: Some(12.5),
-    }
+    common::record(i, shape.ms(i))
 }
 
 /// Encodes records `from..to` in batches on a thread of its own, so the writer only writes.
@@ -197,12 +82,6 @@ fn generate(shape: Arc<Shape>, from: u64, to: u64, stage: Stage) -> mpsc::Receiv
     rx
 }
 
-fn file_size(dir: &std::path::Path) -> u64 {
-    std::fs::metadata(dir.join(FILE_NAME))
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -222,6 +101,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
+    // As the `mediary` binary does (see its `main`).
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let records = setting("RECORDS", 1_000_000);
     let queries = setting("QUERIES", 2_000) as usize;
     let hot_path = setting("HOT_PATH", 20_000);
@@ -245,11 +126,17 @@ fn main() {
         let started = Instant::now();
         let mut done = held;
         let mut last_report = Instant::now();
+        let mut last_sync = Instant::now();
         for batch in generate(Arc::clone(&shape), held, records, Stage::Final) {
             done += batch.len() as u64;
             runtime
                 .block_on(store.put_transactions(batch))
                 .expect("the batch is stored");
+            // As the recorder: batches are durable once synced, at least every second.
+            if last_sync.elapsed() > Duration::from_secs(1) {
+                runtime.block_on(store.sync()).expect("synced");
+                last_sync = Instant::now();
+            }
             if last_report.elapsed() > Duration::from_secs(10) {
                 last_report = Instant::now();
                 println!(
@@ -258,6 +145,7 @@ fn main() {
                 );
             }
         }
+        runtime.block_on(store.sync()).expect("synced");
         let took = started.elapsed();
         println!(
             "populated {} records in {:.1} s: {:.0} records/s (batches of {BATCH}, one commit each)",
@@ -274,12 +162,16 @@ fn main() {
         "encoded record: {:.0} bytes on average",
         sample.iter().sum::<usize>() as f64 / sample.len() as f64
     );
-    let size = file_size(&dir);
+    let (size, on_disk) = disk_use(&dir);
     println!(
-        "records: {count}; file: {:.0} MiB ({:.2} KiB per record)",
+        "records: {count}; files: {:.0} MiB, {:.0} MiB on disk ({:.2} KiB per record)",
         mib(size),
-        size as f64 / 1024.0 / count.max(1) as f64
+        mib(on_disk),
+        on_disk as f64 / 1024.0 / count.max(1) as f64
     );
+    if queries == 0 {
+        return;
+    }
 
     // ----- list -----
     let newest = runtime

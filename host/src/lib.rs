@@ -83,6 +83,10 @@ impl Shared {
     /// in the store, so a later page of the same listing (passing this back as its snapshot) sees
     /// exactly the records the first page saw below it, however many arrive meanwhile.
     pub fn snapshot_bound(&self) -> Uuid {
+        if !self.config.recording.enabled {
+            // Nothing is being recorded, so nothing can arrive late: everything stored is final.
+            return Timestamp::now().first_id();
+        }
         let until = self.recorded_until.load(Ordering::Acquire);
         Timestamp(until).first_id()
     }

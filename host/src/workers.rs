@@ -328,7 +328,8 @@ impl Worker {
         sweeper.abort();
         connections.close();
         let open = connections.len();
-        if tokio::time::timeout(drain, connections.wait())
+        let deadline = tokio::time::Instant::now() + drain;
+        if tokio::time::timeout_at(deadline, connections.wait())
             .await
             .is_err()
         {
@@ -339,6 +340,20 @@ impl Worker {
             );
         } else {
             tracing::debug!(worker = index, drained = open, "Worker drained.");
+        }
+        // Secondary routes still running get the rest of the drain time, so their results are
+        // recorded; past it, the next start marks them interrupted.
+        let background = proxy.background();
+        background.close();
+        if tokio::time::timeout_at(deadline, background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = index,
+                running = background.len(),
+                "Drain timeout reached with secondary routes still running."
+            );
         }
         // The flusher task stops with this runtime; whatever late responses appended goes out now.
         if let Some(spool) = &spool {

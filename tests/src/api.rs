@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::client::{Call, Client, Reply};
+use crate::metrics::Metrics;
 
 /// The management API at one base URL, as one user.
 #[derive(Clone, Debug)]
@@ -119,6 +120,79 @@ impl Api {
             reply.text()
         );
         reply.json()
+    }
+
+    /// `GET /transactions/:id`, or `None` while the API says 404 (not recorded, or not yet).
+    pub fn try_transaction(&self, id: &str) -> Option<Value> {
+        let reply = self.get(&format!("/transactions/{id}")).send();
+        match reply.status() {
+            200 => Some(reply.json()),
+            404 => None,
+            other => panic!("reading transaction {id}: {other} {}", reply.text()),
+        }
+    }
+
+    /// Polls `GET /transactions/:id` until the record is there and no longer `Processing`, and
+    /// returns it. Recording is asynchronous, and a record whose secondary routes are still running
+    /// stays `Processing` after the client's response. Panics after `timeout`.
+    pub fn settled_transaction(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let record = self.try_transaction(id);
+            if let Some(record) = &record
+                && record["status"] != "Processing"
+            {
+                return record.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "transaction {id} did not settle within {timeout:?}; last seen: {record:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every record of the listing `GET /transactions?<query>` (in the `full` representation unless
+    /// `query` says otherwise), paging through with the largest page size and one snapshot, so that
+    /// records arriving meanwhile neither shift nor repeat a page.
+    pub fn all_transactions(&self, query: &str) -> Vec<Value> {
+        const PAGE: usize = 1000;
+        let mut records = Vec::new();
+        let mut snapshot: Option<String> = None;
+        for page in 0.. {
+            let mut params: Vec<String> = Vec::new();
+            if !query.is_empty() {
+                params.push(query.to_owned());
+            }
+            if !query.contains("filterRepresentation=") {
+                params.push("filterRepresentation=full".to_owned());
+            }
+            params.push(format!("filterLimit={PAGE}&filterPage={page}"));
+            if let Some(snapshot) = &snapshot {
+                params.push(format!("snapshot={snapshot}"));
+            }
+            let listing = self.transactions(&params.join("&"));
+            let last = listing.records.len() < PAGE;
+            snapshot.get_or_insert(listing.snapshot);
+            records.extend(listing.records);
+            if last {
+                break;
+            }
+        }
+        records
+    }
+
+    /// `POST /transactions/:id/rerun`, whatever it answers.
+    pub fn rerun(&self, id: &str) -> Reply {
+        self.post(&format!("/transactions/{id}/rerun"), &json!({}))
+            .send()
+    }
+
+    /// `GET /metrics`; panics unless the API says 200.
+    pub fn metrics(&self) -> Metrics {
+        let reply = self.get("/metrics").send();
+        assert_eq!(reply.status(), 200, "reading metrics: {}", reply.text());
+        Metrics::parse(&reply.text())
     }
 }
 

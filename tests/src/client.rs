@@ -190,6 +190,19 @@ impl Reply {
             .map(|value| value.to_str().expect("a visible ASCII header value"))
     }
 
+    /// The id of the transaction that recorded this exchange (`X-OpenHIM-TransactionID`, which
+    /// every proxied response carries).
+    pub fn transaction_id(&self) -> String {
+        self.header("x-openhim-transactionid")
+            .unwrap_or_else(|| {
+                panic!(
+                    "the response ({}) names no transaction: {:?}",
+                    self.status, self.headers
+                )
+            })
+            .to_owned()
+    }
+
     /// The body as UTF-8 text.
     pub fn text(&self) -> String {
         String::from_utf8(self.body.to_vec()).expect("the body is UTF-8")

@@ -21,6 +21,8 @@
 //! - [`upstream`]: the [`Upstream`] fixture, a recording hyper server with a handler closure.
 //! - [`client`]: a blocking HTTP [`Client`] for well-formed requests.
 //! - [`api`]: the management [`Api`], called as one user (root by default).
+//! - [`metrics`]: [`Metrics`], the samples of `GET /metrics`.
+//! - [`load`]: [`Load`], client threads sending requests until told to stop.
 //! - [`raw`]: [`RawConnection`], bytes over TCP for malformed or stalled requests.
 //! - [`linux`]: what `/proc` says about the child's threads and this process's cores.
 //!
@@ -35,7 +37,9 @@ pub mod api;
 pub mod binary;
 pub mod client;
 pub mod linux;
+pub mod load;
 pub mod mediary;
+pub mod metrics;
 pub mod raw;
 pub mod tls;
 pub mod upstream;
@@ -43,7 +47,9 @@ pub mod upstream;
 pub use api::{Api, Listing, channel_json, filters, url_encode};
 pub use client::{Client, Reply};
 pub use hyper::Method;
+pub use load::{Load, Outcome};
 pub use mediary::{Finished, Launch, Mediary, ROOT_EMAIL, ROOT_PASSWORD};
+pub use metrics::Metrics;
 pub use raw::{RawConnection, RawResponse};
 pub use tls::{ServerCert, TestCa};
 pub use upstream::{Answer, Seen, Upstream};
@@ -118,6 +124,21 @@ pub fn public_channel_with_route(
     route_keys: &str,
 ) -> String {
     channel_toml(name, url_pattern, upstream.port(), "", route_keys)
+}
+
+/// TOML for one more route of the channel above it (a `[[channels.routes]]` table), to `upstream`,
+/// named `name`, not primary unless `route_keys` says so (e.g. `status = "disabled"`).
+pub fn extra_route(name: &str, upstream: &Upstream, route_keys: &str) -> String {
+    format!(
+        r#"
+[[channels.routes]]
+name = "{name}"
+host = "127.0.0.1"
+port = {port}
+{route_keys}
+"#,
+        port = upstream.port()
+    )
 }
 
 fn channel_toml(

@@ -71,6 +71,11 @@ pub struct Mediary {
     workers: Option<usize>,
     log: Log,
     config_path: PathBuf,
+    /// The command line and environment it was started with, for [`Mediary::restart`].
+    args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    /// The logs of the earlier runs of this Mediary (see [`Mediary::restart`]).
+    earlier_logs: String,
     _dir: Option<TempDir>,
 }
 
@@ -169,6 +174,81 @@ impl Mediary {
         linux::send_sigterm(self.pid());
     }
 
+    /// Kills the process with SIGKILL (nothing is flushed, nothing cleaned up: a crash) and waits for
+    /// it to be gone.
+    pub fn kill(&mut self) -> ExitStatus {
+        // `Child::kill` sends SIGKILL on Unix.
+        self.child.kill().expect("kill -9 mediary");
+        self.child.wait().expect("wait for the killed mediary")
+    }
+
+    /// Stops the process gracefully (SIGTERM) and expects it to exit 0 within 30 s.
+    pub fn stop(&mut self) {
+        self.sigterm();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "mediary did not stop cleanly ({status}); its logs:\n{}",
+            self.logs()
+        );
+    }
+
+    /// Starts this Mediary again, once it has exited (see [`Mediary::stop`], [`Mediary::kill`]):
+    /// the same config file (so the same data directory), command line and environment. Ports are
+    /// those of the config file: ephemeral ones change.
+    pub fn restart(mut self) -> Mediary {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "restart() needs the previous process to have exited; stop or kill it first"
+        );
+        let launch = Launch {
+            config: Config::File(self.config_path.clone()),
+            args: std::mem::take(&mut self.args),
+            env: std::mem::take(&mut self.env),
+        };
+        let dir = self._dir.take();
+        let earlier = format!(
+            "{}--- (pid {}) ---\n{}",
+            self.earlier_logs,
+            self.child.id(),
+            self.logs()
+        );
+        let mut next = launch.start();
+        next._dir = dir;
+        next.earlier_logs = earlier;
+        next
+    }
+
+    /// Replaces the config file (before a [`Mediary::restart`]). As with [`Mediary::with_config`],
+    /// a `[server]` table on 127.0.0.1 with ephemeral ports is added unless `toml` has one.
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(&self.config_path, with_test_server(toml.to_owned()))
+            .expect("rewrite the config file");
+    }
+
+    /// The data directory when the config file sets none: `data` beside the config file.
+    pub fn default_data_dir(&self) -> PathBuf {
+        self.config_path
+            .parent()
+            .expect("the config file is in a folder")
+            .join("data")
+    }
+
+    /// The spool segment files (`*.spool`) in the default data directory's `spool` folder.
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        let dir = self.default_data_dir().join("spool");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "spool"))
+            .collect();
+        files.sort();
+        files
+    }
+
     /// Waits (up to `timeout`) for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -203,6 +283,12 @@ impl Drop for Mediary {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
+            if !self.earlier_logs.is_empty() {
+                eprintln!(
+                    "--- earlier runs of this mediary ---\n{}--- end of earlier runs ---",
+                    self.earlier_logs
+                );
+            }
             eprintln!(
                 "--- mediary (pid {}) stderr ---\n{}--- end of mediary stderr ---",
                 self.child.id(),
@@ -276,6 +362,9 @@ impl Launch {
             workers,
             log,
             config_path,
+            args: self.args,
+            env: self.env,
+            earlier_logs: String::new(),
             _dir: dir,
         }
     }
@@ -335,12 +424,7 @@ impl Config {
                     .tempdir()
                     .expect("a temporary directory");
                 let path = dir.path().join("mediary.toml");
-                let text = if has_table(&toml, "server") {
-                    toml
-                } else {
-                    format!("{TEST_SERVER}\n{toml}")
-                };
-                std::fs::write(&path, text).expect("write the config file");
+                std::fs::write(&path, with_test_server(toml)).expect("write the config file");
                 (path, Some(dir))
             }
         }
@@ -404,6 +488,15 @@ fn command(
         };
     }
     command
+}
+
+/// `toml` with [`TEST_SERVER`] in front, unless it has a `[server]` table of its own.
+fn with_test_server(toml: String) -> String {
+    if has_table(&toml, "server") {
+        toml
+    } else {
+        format!("{TEST_SERVER}\n{toml}")
+    }
 }
 
 fn has_table(toml: &str, name: &str) -> bool {

@@ -60,6 +60,7 @@ pub async fn create(api: &Api, body: Value) -> Result<Reply, ApiError> {
     let id = Uuid::now_v7().to_string();
     let doc = with_id(doc, &id);
     store.put(Collection::Channels, &id, doc.clone()).await?;
+    apply(api).await;
     tracing::info!(channel = %channel.name, %id, "Channel created through the API.");
     Ok(json_reply(StatusCode::CREATED, &doc))
 }
@@ -102,6 +103,7 @@ pub async fn update(api: &Api, key: &str, body: Value) -> Result<Reply, ApiError
         return Err(duplicate(&channel.name, other));
     }
     store.put(Collection::Channels, &id, doc.clone()).await?;
+    apply(api).await;
     tracing::info!(channel = %channel.name, %id, "Channel updated through the API.");
     Ok(json_reply(StatusCode::OK, &doc))
 }
@@ -113,12 +115,22 @@ pub async fn delete(api: &Api, key: &str) -> Result<Reply, ApiError> {
     if !api.shared.store.delete(Collection::Channels, &id).await? {
         return Err(not_found(key));
     }
+    apply(api).await;
     let name = name_of(&doc).unwrap_or(&id);
     tracing::info!(channel = %name, %id, "Channel deleted through the API.");
     Ok(json_reply(
         StatusCode::OK,
         &json!({"message": format!("The channel `{name}` was deleted."), "_id": id}),
     ))
+}
+
+/// Rebuilds this instance's channel table before the API answers, so that a client that has its
+/// answer can count on the change being live here (the follower task would apply it moments later
+/// anyway, and does so for changes made elsewhere). A failure leaves that to the follower.
+async fn apply(api: &Api) {
+    if let Err(error) = crate::reload::load(&api.shared).await {
+        tracing::warn!(%error, "Could not rebuild the channel table at once; the follower will.");
+    }
 }
 
 /// The stored channel `key` names: by `_id`, else by name (OpenHIM's console uses ids, people use

@@ -34,6 +34,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::Shared;
@@ -55,6 +56,9 @@ pub struct Proxy {
     /// Where this worker's transaction records go; `None` when recording is off.
     spool: Option<Arc<Spool>>,
     metrics: Arc<WorkerMetrics>,
+    /// Secondary-route calls still running after their client was answered; a graceful stop waits
+    /// for them (within the drain timeout) so their results are recorded.
+    background: TaskTracker,
     /// Which worker this is, for logs and records.
     worker: usize,
 }
@@ -77,14 +81,25 @@ struct Admitted {
     started: Instant,
 }
 
-/// The primary's response, the lease of its connection, and the inactivity timeout for its body.
-type Upstreamed = (Response<Incoming>, Lease, Duration);
+/// The primary's answer, as it goes back to the client.
+enum Answer {
+    /// Streamed: the response, the lease of its connection, and the inactivity timeout for its body.
+    Streamed(Response<Incoming>, Lease, Duration),
+    /// Read whole first: a small body of a recorded transaction (see [`BUFFERED_BODY`]).
+    Buffered(Response<Bytes>),
+}
+
+/// A recorded response whose body is at most this long (by its `Content-Length`) is read whole
+/// before the client gets anything. Its record is then written before the head goes out, and hyper
+/// sends head and body in one write; streamed, the head would go out alone while the last frame waits
+/// for the record, costing a second write and a second TCP segment per response.
+const BUFFERED_BODY: u64 = 256 * 1024;
 
 /// What routing produced: the upstream's response (to stream back) or a failure (to answer with),
 /// and the transaction's record when recording is on.
 struct Routed {
     id: HeaderValue,
-    outcome: Result<Upstreamed, (ProxyError, Option<Route>)>,
+    outcome: Result<Answer, (ProxyError, Option<Route>)>,
     recording: Option<Arc<TxRecording>>,
 }
 
@@ -105,6 +120,7 @@ impl Proxy {
             upstreams,
             spool,
             metrics,
+            background: TaskTracker::new(),
             worker,
         }
     }
@@ -112,6 +128,11 @@ impl Proxy {
     /// This worker's upstream connections (for the periodic sweep of idle ones).
     pub fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
+    }
+
+    /// The secondary-route calls still running.
+    pub fn background(&self) -> &TaskTracker {
+        &self.background
     }
 
     /// This worker's counters.
@@ -245,8 +266,15 @@ impl Proxy {
             .timeout
             .unwrap_or(self.shared.config.timeouts.upstream_response);
 
-        for route in secondaries {
-            self.spawn_secondary(&channel, route, &parts, &body, timeout, recording.clone());
+        for (index, route) in secondaries.into_iter().enumerate() {
+            self.spawn_secondary(
+                &channel,
+                (index, route),
+                &parts,
+                &body,
+                timeout,
+                recording.clone(),
+            );
         }
 
         let route = channel.primary();
@@ -255,11 +283,25 @@ impl Proxy {
             Ok(request) => self.send_primary(&channel, route, request, timeout).await,
             Err(error) => Err(error),
         };
+        let outcome = match outcome {
+            Ok((response, lease)) => {
+                let response = client_response(response, &parts.method);
+                let small = response
+                    .body()
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n > 0 && n <= BUFFERED_BODY);
+                if recording.is_some() && small {
+                    read_whole(response, lease, timeout, &channel, route).await
+                } else {
+                    Ok(Answer::Streamed(response, lease, timeout))
+                }
+            }
+            Err(error) => Err(error),
+        };
         Routed {
             id: id_header,
-            outcome: outcome
-                .map(|(response, lease)| (client_response(response, &parts.method), lease, timeout))
-                .map_err(|error| (error, Some(route.clone()))),
+            outcome: outcome.map_err(|error| (error, Some(route.clone()))),
             recording,
         }
     }
@@ -297,7 +339,7 @@ impl Proxy {
     fn spawn_secondary(
         &self,
         channel: &Arc<Channel>,
-        route: &Route,
+        (index, route): (usize, &Route),
         parts: &http::request::Parts,
         body: &Bytes,
         timeout: Duration,
@@ -313,7 +355,7 @@ impl Proxy {
         let request = upstream_request(route, parts, parts.headers.clone(), body.clone(), channel);
         let upstreams = Arc::clone(&self.upstreams);
         let (channel, route) = (Arc::clone(channel), route.clone());
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let exchange_result = async {
                 let request = request.map_err(|e| e.to_string())?;
                 let (response, lease) = upstreams
@@ -358,7 +400,7 @@ impl Proxy {
                 }
             }
             if let Some(recording) = recording {
-                recording.secondary_done(exchange);
+                recording.secondary_done(index, exchange);
             }
         });
     }
@@ -372,7 +414,17 @@ impl Proxy {
             recording,
         } = routed;
         let mut response = match outcome {
-            Ok((response, lease, idle)) => {
+            Ok(Answer::Buffered(response)) => {
+                let (parts, body) = response.into_parts();
+                if let Some(rec) = &recording {
+                    rec.primary_head(parts.status, &parts.headers);
+                    if let Some(seq) = rec.primary_done(body.clone(), false, None) {
+                        let _ = rec.spool().written(seq).await;
+                    }
+                }
+                Response::from_parts(parts, ProxyBody::full(body, guard))
+            }
+            Ok(Answer::Streamed(response, lease, idle)) => {
                 let (parts, body) = response.into_parts();
                 let recording = match recording {
                     Some(rec) => {
@@ -463,6 +515,38 @@ impl Proxy {
                 channel: channel.name.clone(),
             }),
         }
+    }
+}
+
+/// Reads a small upstream body whole (within the inactivity timeout, as a streamed one would be),
+/// giving the connection back to the pool. A body that fails is the upstream's failure, and since the
+/// client has seen nothing yet it gets a proper error response.
+async fn read_whole(
+    response: Response<Incoming>,
+    lease: Lease,
+    idle: Duration,
+    channel: &Channel,
+    route: &Route,
+) -> Result<Answer, ProxyError> {
+    let (parts, body) = response.into_parts();
+    let failed = |cause: String| ProxyError::UpstreamFailed {
+        channel: channel.name.clone(),
+        route: route.name.clone(),
+        cause,
+    };
+    match tokio::time::timeout(idle, body.collect()).await {
+        Ok(Ok(collected)) => {
+            lease.release();
+            Ok(Answer::Buffered(Response::from_parts(
+                parts,
+                collected.to_bytes(),
+            )))
+        }
+        Ok(Err(error)) => Err(failed(root_cause(&error))),
+        Err(_) => Err(failed(format!(
+            "the response body did not arrive within {} ms",
+            idle.as_millis()
+        ))),
     }
 }
 

@@ -100,7 +100,20 @@ impl TxRecording {
                 timestamp: Timestamp::of_id(facts.id),
             },
             response: None,
-            routes: Vec::new(),
+            // One entry per secondary route from the start (filled in as each answers), so that a
+            // record interrupted while routes were running says which ones never finished.
+            routes: channel
+                .secondaries()
+                .map(|route| {
+                    route_exchange(
+                        route,
+                        facts.method.as_str(),
+                        facts.uri.path(),
+                        facts.uri.query().unwrap_or(""),
+                        Timestamp::of_id(facts.id),
+                    )
+                })
+                .collect(),
             orchestrations: Vec::new(),
             properties: Default::default(),
             error: None,
@@ -217,9 +230,13 @@ impl TxRecording {
     }
 
     /// A secondary route finished.
-    pub fn secondary_done(&self, exchange: Exchange) {
+    /// Secondary route number `index` (in the channel's order) finished.
+    pub fn secondary_done(&self, index: usize, exchange: Exchange) {
         let mut state = self.lock();
-        state.tx.routes.push(exchange);
+        match state.tx.routes.get_mut(index) {
+            Some(entry) => *entry = exchange,
+            None => state.tx.routes.push(exchange),
+        }
         state.secondaries_left = state.secondaries_left.saturating_sub(1);
         if state.primary_done && state.secondaries_left == 0 {
             self.write_final(&mut state);

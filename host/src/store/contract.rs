@@ -43,6 +43,9 @@ macro_rules! store_contract_tests {
             processing => case_processing,
             cull_bodies => case_cull_bodies,
             delete_transactions => case_delete_transactions,
+            big_batches => case_big_batches,
+            rewrites_then_deletes => case_rewrites_then_deletes,
+            listings_after_churn => case_listings_after_churn,
             state => case_state,
             empty_store => case_empty_store,
         );
@@ -964,6 +967,318 @@ pub async fn case_delete_transactions(store: Arc<dyn Store>) {
     );
     assert_eq!(store.newest_transaction().await.unwrap(), None);
     assert!(list_ids(&*store, &query()).await.is_empty());
+}
+
+/// A batch larger than backends may like to write at once, records of many sizes (one of them
+/// large), in no particular order: every record reads back as it was written.
+pub async fn case_big_batches(store: Arc<dyn Store>) {
+    let mut records: Vec<Transaction> = (0..300u64)
+        .map(|i| {
+            let status = [Status::Successful, Status::Failed, Status::Completed][i as usize % 3];
+            let mut tx = record(i, ["a", "b", "c", "d"][i as usize % 4], status);
+            tx.request.body = body(&"x".repeat(1000 + (i as usize * 37) % 5000));
+            tx
+        })
+        .collect();
+    records[150].request.body = body(&"y".repeat(300_000));
+    records[151].request.body = None;
+    let mut shuffled: Vec<Transaction> = records.clone();
+    shuffled.sort_by_key(|tx| Timestamp::of_id(tx.id).0 * 7919 % 1009);
+    put(&*store, Stage::Final, &shuffled).await;
+    for tx in &records {
+        assert_eq!(store.transaction(tx.id).await.unwrap().as_ref(), Some(tx));
+    }
+    assert_eq!(store.count_transactions().await.unwrap(), 300);
+    for q in [
+        query(),
+        TxQuery {
+            channel_id: Some("c".into()),
+            ..query()
+        },
+        TxQuery {
+            channel_id: Some("b".into()),
+            statuses: vec![Status::Failed],
+            ..query()
+        },
+        TxQuery {
+            statuses: vec![Status::Completed],
+            offset: 10,
+            limit: 30,
+            ..query()
+        },
+    ] {
+        let page = store.list_transactions(&q).await.unwrap();
+        let want = expected(&records, &q);
+        assert_eq!(page.iter().map(|tx| tx.id).collect::<Vec<_>>(), want);
+        for tx in page {
+            assert!(records.contains(&tx));
+        }
+    }
+    // The large record moves through a change and a cull like any other.
+    store
+        .modify_transaction(records[150].id, Box::new(|tx| tx.worker = 9))
+        .await
+        .unwrap();
+    records[150].worker = 9;
+    assert_eq!(
+        store.transaction(records[150].id).await.unwrap().as_ref(),
+        Some(&records[150])
+    );
+    let culled = store
+        .cull_bodies("c", Uuid::nil(), Uuid::max(), 1000)
+        .await
+        .unwrap();
+    assert_eq!((culled.visited, culled.changed), (75, 75));
+    for tx in &records {
+        let want = if tx.channel_id == "c" {
+            without_bodies(tx)
+        } else {
+            tx.clone()
+        };
+        assert_eq!(store.transaction(tx.id).await.unwrap(), Some(want));
+    }
+}
+
+/// Records replaced in later batches (a later stage), changed, culled and then deleted: each step
+/// leaves every remaining record exactly as expected, and a store emptied this way works as new.
+pub async fn case_rewrites_then_deletes(store: Arc<dyn Store>) {
+    let finals: Vec<Transaction> = (0..60u64)
+        .map(|i| {
+            let status = if i % 5 == 0 {
+                Status::Failed
+            } else {
+                Status::Successful
+            };
+            record(i, ["a", "b"][i as usize % 2], status)
+        })
+        .collect();
+    let begun = |tx: &Transaction| {
+        let mut tx = tx.clone();
+        tx.status = Status::Processing;
+        tx.response = None;
+        tx
+    };
+    // Batch 1: records 0..40, the even ones only begun. Batch 2: the even ones' final stage and
+    // records 40..60. Batch 3: the final stage of 0..10 again, changed (same stage replaces).
+    let mut first: Vec<StoredTx> = Vec::new();
+    for (i, tx) in finals[..40].iter().enumerate() {
+        if i % 2 == 0 {
+            first.push(StoredTx::new(&begun(tx), Stage::Begun));
+        } else {
+            first.push(StoredTx::new(tx, Stage::Final));
+        }
+    }
+    store.put_transactions(first).await.unwrap();
+    assert_eq!(store.processing(100).await.unwrap().len(), 20);
+    let second: Vec<StoredTx> = finals
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0 || *i >= 40)
+        .map(|(_, tx)| StoredTx::new(tx, Stage::Final))
+        .collect();
+    store.put_transactions(second).await.unwrap();
+    assert!(store.processing(100).await.unwrap().is_empty());
+    let mut want = finals.clone();
+    for tx in &mut want[..10] {
+        tx.duration_ms = Some(7.0);
+    }
+    put(&*store, Stage::Final, &want[..10]).await;
+    // A change, then a cull of channel a's bodies below record 30.
+    store
+        .modify_transaction(want[3].id, Box::new(|tx| tx.worker = 3))
+        .await
+        .unwrap();
+    want[3].worker = 3;
+    let culled = store
+        .cull_bodies("a", Uuid::nil(), want[30].id, 100)
+        .await
+        .unwrap();
+    assert_eq!(culled.changed, 15);
+    for tx in want.iter_mut().take(30).step_by(2) {
+        *tx = without_bodies(tx);
+    }
+    let check = |want: Vec<Transaction>| {
+        let store = Arc::clone(&store);
+        async move {
+            assert_eq!(store.count_transactions().await.unwrap(), want.len() as u64);
+            for tx in &want {
+                assert_eq!(store.transaction(tx.id).await.unwrap().as_ref(), Some(tx));
+            }
+            let failed_in_a = TxQuery {
+                channel_id: Some("a".into()),
+                statuses: vec![Status::Failed],
+                ..query()
+            };
+            assert_eq!(
+                list_ids(&*store, &failed_in_a).await,
+                expected(&want, &failed_in_a)
+            );
+            assert_eq!(list_ids(&*store, &query()).await, expected(&want, &query()));
+        }
+    };
+    check(want.clone()).await;
+
+    // Deleting oldest first, in steps, then everything.
+    assert_eq!(
+        store.delete_transactions(want[25].id, 10).await.unwrap(),
+        10
+    );
+    check(want[10..].to_vec()).await;
+    assert_eq!(
+        store.delete_transactions(want[25].id, 100).await.unwrap(),
+        15
+    );
+    check(want[25..].to_vec()).await;
+    assert_eq!(
+        store.delete_transactions(Uuid::max(), 100).await.unwrap(),
+        35
+    );
+    check(Vec::new()).await;
+    assert_eq!(store.newest_transaction().await.unwrap(), None);
+
+    // The emptied store takes records as a new one does.
+    put(&*store, Stage::Final, &finals[..5]).await;
+    check(finals[..5].to_vec()).await;
+}
+
+/// Many small batches whose ids overlap, records moving between statuses and channels (and back),
+/// deletions: every listing still matches what brute force finds.
+pub async fn case_listings_after_churn(store: Arc<dyn Store>) {
+    let mut seed = 7u64;
+    let mut random = move |n: u64| {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let statuses = [
+        Status::Processing,
+        Status::Successful,
+        Status::Failed,
+        Status::Completed,
+        Status::CompletedWithErrors,
+    ];
+    // What the store must hold: id → (stage, record).
+    let mut model: std::collections::BTreeMap<Uuid, (Stage, Transaction)> = Default::default();
+    for _ in 0..40 {
+        let mut batch = Vec::new();
+        for _ in 0..(5 + random(10)) {
+            // Ids from a window that moves forward, so batches overlap.
+            let ms = random(3000);
+            let channel = ["a", "b", "c"][random(3) as usize];
+            let status = statuses[random(statuses.len() as u64) as usize];
+            let stage = if status == Status::Processing {
+                Stage::Begun
+            } else {
+                [Stage::Responded, Stage::Final][random(2) as usize]
+            };
+            let mut tx = record(ms, channel, status);
+            tx.worker = random(100) as u16;
+            match model.get(&tx.id) {
+                Some((held, _)) if *held > stage => {}
+                _ => {
+                    model.insert(tx.id, (stage, tx.clone()));
+                }
+            }
+            batch.push(StoredTx::new(&tx, stage));
+        }
+        store.put_transactions(batch).await.unwrap();
+        // Now and then a record flips status and channel through `modify_transaction`.
+        if random(3) == 0 {
+            let ids: Vec<Uuid> = model.keys().copied().collect();
+            let id = ids[random(ids.len() as u64) as usize];
+            let status = [Status::Failed, Status::Successful][random(2) as usize];
+            let channel = ["a", "b"][random(2) as usize];
+            store
+                .modify_transaction(
+                    id,
+                    Box::new(move |tx| {
+                        tx.status = status;
+                        tx.channel_id = channel.into();
+                    }),
+                )
+                .await
+                .unwrap();
+            if let Some((_, tx)) = model.get_mut(&id) {
+                tx.status = status;
+                tx.channel_id = channel.into();
+            }
+        }
+    }
+    let check = |model: Vec<Transaction>| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut queries = vec![query()];
+            for channel in [None, Some("a"), Some("b"), Some("c"), Some("zz")] {
+                for statuses in [
+                    vec![],
+                    vec![Status::Processing],
+                    vec![Status::Failed],
+                    vec![Status::Successful, Status::Completed],
+                    vec![
+                        Status::Processing,
+                        Status::Failed,
+                        Status::CompletedWithErrors,
+                    ],
+                ] {
+                    for (offset, limit) in [(0, 1000), (0, 3), (4, 5)] {
+                        queries.push(TxQuery {
+                            channel_id: channel.map(Into::into),
+                            statuses: statuses.clone(),
+                            offset,
+                            limit,
+                            ..query()
+                        });
+                    }
+                    queries.push(TxQuery {
+                        channel_id: channel.map(Into::into),
+                        statuses: statuses.clone(),
+                        from: Some(Timestamp(BASE_MS + 1000)),
+                        to: Some(Timestamp(BASE_MS + 2000)),
+                        ..query()
+                    });
+                    queries.push(TxQuery {
+                        channel_id: channel.map(Into::into),
+                        statuses,
+                        snapshot: Some(id_at(1500, 0)),
+                        limit: 7,
+                        ..query()
+                    });
+                }
+            }
+            for q in queries {
+                let got = store.list_transactions(&q).await.unwrap();
+                let ids: Vec<Uuid> = got.iter().map(|tx| tx.id).collect();
+                assert_eq!(ids, expected(&model, &q), "{q:?}");
+                for tx in &got {
+                    assert!(model.contains(tx), "{tx:?}");
+                }
+            }
+            let mut processing: Vec<Uuid> = model
+                .iter()
+                .filter(|tx| tx.status == Status::Processing)
+                .map(|tx| tx.id)
+                .collect();
+            processing.sort();
+            assert_eq!(store.processing(10_000).await.unwrap(), processing);
+            assert_eq!(
+                store.count_transactions().await.unwrap(),
+                model.len() as u64
+            );
+        }
+    };
+    let records: Vec<Transaction> = model.values().map(|(_, tx)| tx.clone()).collect();
+    check(records.clone()).await;
+
+    // Deleting the oldest third.
+    let cut = records.len() / 3;
+    let before = records[cut].id;
+    assert_eq!(
+        store.delete_transactions(before, 10_000).await.unwrap(),
+        cut as u64
+    );
+    check(records[cut..].to_vec()).await;
 }
 
 pub async fn case_state(store: Arc<dyn Store>) {

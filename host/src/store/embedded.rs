@@ -1,30 +1,71 @@
-//! The embedded backend: everything in one redb file, `mediary.redb` in the data directory, used
-//! when no Redis is configured.
+//! The embedded backend, used when no Redis is configured: a redb file, `mediary.redb`, and the
+//! transaction records' log, `records/`, both in the data directory.
 //!
-//! It owns the file's layout:
+//! # Layout
+//!
+//! `mediary.redb`:
 //! - `doc_<collection>`: document id → JSON; `meta["generation"]`: the configuration generation,
 //!   bumped in the same write transaction as the document change it counts.
-//! - `transactions`: id (`u128`, time-ordered) → `[stage u8][status u8][channel len u16 LE]
-//!   [channel][record]`. The header lets the writer apply the stage rule and keep the indexes right
-//!   without decoding the MessagePack record after it.
-//! - `tx_by_channel (channel, id)`, `tx_by_status (status, id)`,
-//!   `tx_by_channel_status (channel, status, id)`: key-only indexes. The id is the last element,
-//!   so a reversed range scan over one prefix yields newest first and a listing reads only the
-//!   records it returns (plus the ones its unindexed filters reject).
-//! - `state`: key → JSON for background tasks.
+//! - `transactions`: id (`u128`, time-ordered) → an 18-byte entry: `[stage u8][status u8]
+//!   [channel number u32][segment u32][offset u32][length u32]` (little-endian). The entry is what
+//!   the writer needs for the stage rule and the indexes, and what a listing needs to filter by
+//!   channel and status, without reading the record; the last three fields say where the record
+//!   (the encoded [`Transaction`]) is in the log.
+//! - `tx_channels`: channel id → its number (given on first use, never taken back).
+//! - `tx_postings`: `[channel number u32][status u8][id u128]` (big-endian) → ids (16 bytes each,
+//!   big-endian, ascending). One posting per channel and status per write: the ids that write gave
+//!   that channel and status, keyed by the largest. Channel number `u32::MAX` stands for every
+//!   channel (for listings by status alone). A listing merges postings newest first.
+//!   Postings are never rewritten: a record that changes channel or status is posted again and
+//!   its old posting goes stale; readers check every candidate against its entry (the entry is the
+//!   truth), and postings whose largest id is older than the oldest record are deleted with it.
+//! - `tx_processing`: id → channel number, for the records whose status is `Processing`, exactly
+//!   (that status is transient, so postings of it would be mostly stale).
+//! - `tx_segments`: segment number → live records and live bytes in that log segment.
+//! - `meta["tx_layout"]`: the version of this transaction layout; `state`: key → JSON.
+//!
+//! `records/NNNNNNNNNN.log`: the log segments, appended to and never modified. A segment is
+//! started when the current one passes [`SEGMENT_BYTES`], and deleted once no entry points into it
+//! (the records were replaced, culled or deleted).
+//!
+//! # Why a log beside the database
+//!
+//! Recording must cost the proxy little: at 20,000 requests/s the whole budget is ~4–5 µs per
+//! transaction, and a record is ~3.3 KB. As a redb value, a record (or a batch of records packed
+//! into one value) costs a fresh page buffer that is zero-filled, a copy, a checksum, and a write
+//! of that page from a cold cache at the next durable commit: ~5 µs per record before any index,
+//! and one B-tree insert per record and index costs ~1.5 µs more each (`benches/tx_write.rs`).
+//! Appending the batch's records to a file with one `writev` copies each record once, from the
+//! recorder's buffers into the page cache, and per-write postings replace per-record index keys.
+//!
+//! # Durability
+//!
+//! `put_transactions` appends to the log and commits without fsync. Every durable commit (`sync`,
+//! and every other write) first fdatasyncs the log segments written since the last one (and the
+//! folder when a segment was created), so a durable entry never points at bytes that a crash can
+//! lose. After a crash redb returns to its last durable commit; log bytes written after it are
+//! garbage that nothing points to, and go when their segment goes. A segment that no entry uses is
+//! deleted after the durable commit that made it so; at open, such segments left by a crash are
+//! deleted too. Readers take the map of open segment files before their read transaction, so a
+//! segment deleted meanwhile stays readable for them.
 //!
 //! redb is synchronous, so every call runs on tokio's blocking pool; the callers' (current-thread)
 //! runtimes never wait on the disk.
 
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
+use std::fs::File;
+use std::io::{IoSlice, Write as _};
 use std::ops::{Bound, ControlFlow};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use redb::{
-    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
-    TableDefinition, WriteTransaction,
+    AccessGuard, Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Table, TableDefinition, WriteTransaction,
 };
 use serde_json::Value;
 use tokio::sync::watch;
@@ -35,9 +76,17 @@ use crate::transaction::{RequestRecord, ResponseRecord, Stage, Status, Transacti
 
 /// The database file inside the data directory.
 pub const FILE_NAME: &str = "mediary.redb";
+/// The folder of the record log inside the data directory.
+pub const LOG_DIR: &str = "records";
+/// A log segment is closed (and a new one started) once it holds this many bytes. Space comes back
+/// a segment at a time, when nothing in it is alive.
+pub const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
+/// The transaction layout this code reads and writes (see the module documentation).
+const TX_LAYOUT: &str = "tx_layout";
+const TX_LAYOUT_VERSION: u64 = 2;
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_channels");
@@ -46,10 +95,14 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_users");
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_plugins");
 
 const TRANSACTIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("transactions");
-const BY_CHANNEL: TableDefinition<(&str, u128), ()> = TableDefinition::new("tx_by_channel");
-const BY_STATUS: TableDefinition<(u8, u128), ()> = TableDefinition::new("tx_by_status");
-const BY_CHANNEL_STATUS: TableDefinition<(&str, u8, u128), ()> =
-    TableDefinition::new("tx_by_channel_status");
+const CHANNEL_NUMBERS: TableDefinition<&str, u32> = TableDefinition::new("tx_channels");
+const POSTINGS: TableDefinition<&[u8; 21], &[u8]> = TableDefinition::new("tx_postings");
+const PROCESSING: TableDefinition<u128, u32> = TableDefinition::new("tx_processing");
+/// Segment number → (live records, live bytes).
+const SEGMENTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("tx_segments");
+
+/// The channel number of the postings that hold every channel's records.
+const ANY_CHANNEL: u32 = u32::MAX;
 
 fn documents(collection: Collection) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match collection {
@@ -62,12 +115,24 @@ fn documents(collection: Collection) -> TableDefinition<'static, &'static str, &
 
 /// The redb-backed store.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
     path: PathBuf,
     /// Held here (not in the blocking tasks) so that receivers outlive any one write; shared with
     /// the tasks so the new generation is sent even if the caller stops waiting after the commit.
     generation: Arc<watch::Sender<u64>>,
 }
+
+/// What the blocking halves share.
+struct Inner {
+    db: Database,
+    /// The log's writing end. Every write transaction holds it from its start to its commit (redb
+    /// has one writer at a time anyway), so a durable commit can sync the log first.
+    log: Mutex<Log>,
+    /// Every segment file, open for reading; replaced (not changed) when a segment comes or goes.
+    segments: ArcSwap<Segments>,
+}
+
+type Segments = HashMap<u32, Arc<File>>;
 
 impl fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,8 +144,12 @@ impl fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `dir` (file `mediary.redb`).
+    /// Opens (creating if needed) the store in `dir` (file `mediary.redb`, folder `records/`).
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(dir, SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, segment_bytes: u64) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create the data directory {}: {e}",
@@ -93,53 +162,84 @@ impl EmbeddedStore {
         })?;
         // Creating every table once means read transactions never meet a missing one.
         let txn = begin_write(&db)?;
-        let (generation, transactions) = {
+        let (generation, transactions, live) = {
             for collection in Collection::ALL {
                 txn.open_table(documents(collection))
                     .context("creating a document table")?;
             }
             txn.open_table(STATE).context("creating the state table")?;
-            Indexes::open(&txn)?;
-            let meta = txn.open_table(META).context("creating the meta table")?;
+            let tables = TxTables::open(&txn)?;
+            let mut meta = txn.open_table(META).context("creating the meta table")?;
             let generation = meta
                 .get(GENERATION)
                 .context("reading the generation")?
                 .map_or(0, |g| g.value());
-            let transactions = txn
-                .open_table(TRANSACTIONS)
-                .context("creating the transactions table")?
-                .len()
-                .context("counting transactions")?;
-            (generation, transactions)
+            let transactions = tables.txs.len().context("counting transactions")?;
+            let layout = meta
+                .get(TX_LAYOUT)
+                .context("reading the transaction layout")?
+                .map(|v| v.value());
+            match layout {
+                Some(TX_LAYOUT_VERSION) => {}
+                // Only the first development versions wrote transactions without this mark (each
+                // record a redb value); their files are not worth a conversion.
+                None if transactions > 0 => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} holds {transactions} transactions in the layout of an earlier \
+                         development version of Mediary, which this version cannot read; move \
+                         the file away to start afresh",
+                        path.display()
+                    )));
+                }
+                None => {
+                    meta.insert(TX_LAYOUT, TX_LAYOUT_VERSION)
+                        .context("writing the transaction layout")?;
+                }
+                Some(other) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} holds transactions in layout {other}, which this version of Mediary \
+                         does not know (it knows {TX_LAYOUT_VERSION}): it was written by a newer \
+                         version",
+                        path.display()
+                    )));
+                }
+            }
+            (generation, transactions, tables.live_segments()?)
         };
         txn.commit().context("committing the new tables")?;
+        let (log, segments) = Log::open(&dir.join(LOG_DIR), &live, segment_bytes)?;
         tracing::info!(
             path = %path.display(),
             generation,
             transactions,
+            segments = segments.len(),
             "Opened the embedded store."
         );
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            inner: Arc::new(Inner {
+                db,
+                log: Mutex::new(log),
+                segments: ArcSwap::from_pointee(segments),
+            }),
             path,
             generation: Arc::new(watch::channel(generation).0),
         })
     }
 
-    /// Runs `work` on the blocking pool with the database.
+    /// Runs `work` on the blocking pool.
     async fn run<T, F>(&self, what: &'static str, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || work(&db))
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&inner))
             .await
             .map_err(|e| StoreError::Backend(format!("{what}: the blocking task failed: {e}")))?
     }
 }
 
-/// Adds what the store was doing to a redb error.
+/// Adds what the store was doing to an error.
 trait Context<T> {
     fn context(self, what: &'static str) -> StoreResult<T>;
 }
@@ -150,17 +250,44 @@ impl<T, E: fmt::Display> Context<T> for Result<T, E> {
     }
 }
 
-/// Every write transaction starts here, so the commit policy is set in one place.
+/// Every durable write transaction starts here, so the commit policy is set in one place.
 ///
-/// Commits are durable (redb's default, one fsync per commit): the recorder drops its spool once
-/// a batch is acknowledged, so an acknowledged batch must survive a crash; it writes whole
-/// batches, which spreads that fsync over many records. Quick repair is on: it makes each commit
-/// also save the allocator state (a second fsync), which keeps restarting after a crash instant
-/// instead of a walk over a file that holds millions of records.
+/// Commits are durable (redb's default, one fsync per commit), except the recorder's batches (see
+/// [`put_transactions`]), which [`sync`] makes durable later. Quick repair is on: it makes each
+/// durable commit also save the allocator state (a second fsync), which keeps restarting after a
+/// crash instant instead of a walk over a file that holds millions of entries.
 fn begin_write(db: &Database) -> StoreResult<WriteTransaction> {
     let mut txn = db.begin_write().context("beginning a write")?;
     txn.set_quick_repair(true);
     Ok(txn)
+}
+
+impl Inner {
+    /// The log's writing end; held for a whole write transaction.
+    fn log(&self) -> MutexGuard<'_, Log> {
+        // A panic half-way through an append leaves at worst garbage after the last good record,
+        // which nothing points to.
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A durable write: starts a transaction with the log held.
+    fn begin_durable(&self) -> StoreResult<(MutexGuard<'_, Log>, WriteTransaction)> {
+        let log = self.log();
+        let txn = begin_write(&self.db)?;
+        Ok((log, txn))
+    }
+
+    /// Commits a durable write, the log synced first: the commit makes every earlier
+    /// `put_transactions` durable too, and their entries must not point at bytes a crash can lose.
+    fn commit_durable(
+        &self,
+        log: &mut Log,
+        txn: WriteTransaction,
+        what: &'static str,
+    ) -> StoreResult<()> {
+        log.sync(&self.segments.load())?;
+        txn.commit().context(what)
+    }
 }
 
 /// Sends `next` unless a later generation was sent already (concurrent writes may finish their
@@ -188,198 +315,840 @@ fn bump_generation(txn: &WriteTransaction) -> StoreResult<u64> {
     Ok(next)
 }
 
-// ----- the transaction value -----
+// ----- the record log -----
 
-const HEADER_LEN: usize = 4;
+/// The name of segment `n`.
+fn segment_name(n: u32) -> String {
+    format!("{n:010}.log")
+}
 
-/// A stored transaction value, read without decoding the record.
-struct Header<'a> {
+fn parse_segment_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("{what} {}: {e}", path.display()))
+}
+
+/// The writing end of the record log.
+struct Log {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// The segment being appended to, its file (append mode) and length.
+    current: u32,
+    file: File,
+    len: u64,
+    /// Segments written since the last sync; whether the folder changed since.
+    unsynced: BTreeSet<u32>,
+    dir_unsynced: bool,
+}
+
+impl Log {
+    /// Opens the log in `dir`: deletes the segments no entry uses (`live` are those used), except
+    /// the last one, which is appended to.
+    fn open(dir: &Path, live: &BTreeSet<u32>, segment_bytes: u64) -> StoreResult<(Log, Segments)> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_error("cannot create the record log folder", dir, e))?;
+        let mut found = BTreeSet::new();
+        for entry in
+            std::fs::read_dir(dir).map_err(|e| io_error("cannot list the record log", dir, e))?
+        {
+            let entry = entry.map_err(|e| io_error("cannot list the record log", dir, e))?;
+            if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name) {
+                found.insert(n);
+            }
+        }
+        let current = found.last().copied().unwrap_or(0);
+        let mut dir_unsynced = found.is_empty();
+        for &n in found
+            .iter()
+            .filter(|&&n| n != current && !live.contains(&n))
+        {
+            // Left by a crash between the commit that emptied it and its deletion.
+            let path = dir.join(segment_name(n));
+            std::fs::remove_file(&path)
+                .map_err(|e| io_error("cannot delete the unused record segment", &path, e))?;
+            dir_unsynced = true;
+            tracing::info!(segment = n, "Deleted a record segment that nothing uses.");
+        }
+        for n in live.iter().filter(|n| !found.contains(n)) {
+            tracing::error!(
+                segment = n,
+                "A record segment is missing: its transactions cannot be read."
+            );
+        }
+        let path = dir.join(segment_name(current));
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error("cannot open the record segment", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_error("cannot read the length of", &path, e))?
+            .len();
+        let mut segments = Segments::new();
+        for n in found
+            .into_iter()
+            .filter(|n| *n == current || live.contains(n))
+            .chain([current])
+        {
+            let path = dir.join(segment_name(n));
+            let reader = File::open(&path)
+                .map_err(|e| io_error("cannot open the record segment", &path, e))?;
+            segments.insert(n, Arc::new(reader));
+        }
+        let log = Log {
+            dir: dir.to_owned(),
+            segment_bytes,
+            current,
+            file,
+            len,
+            unsynced: BTreeSet::new(),
+            dir_unsynced,
+        };
+        Ok((log, segments))
+    }
+
+    /// Where `total` bytes appended next will start: the current segment, or a new one when they
+    /// would take the current one past its size.
+    fn reserve(&mut self, segments: &ArcSwap<Segments>, total: u64) -> StoreResult<(u32, u32)> {
+        if self.len > 0 && self.len + total > self.segment_bytes.min(u64::from(u32::MAX)) {
+            self.start_segment(segments)?;
+        }
+        if self.len + total > u64::from(u32::MAX) {
+            return Err(StoreError::Backend(format!(
+                "{total} bytes of records are more than one log segment holds"
+            )));
+        }
+        let start = u32::try_from(self.len).unwrap_or(u32::MAX);
+        Ok((self.current, start))
+    }
+
+    fn start_segment(&mut self, segments: &ArcSwap<Segments>) -> StoreResult<()> {
+        let next = self.current + 1;
+        let path = self.dir.join(segment_name(next));
+        let file = File::options()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error("cannot create the record segment", &path, e))?;
+        let reader =
+            File::open(&path).map_err(|e| io_error("cannot open the record segment", &path, e))?;
+        let mut map = Segments::clone(&segments.load());
+        map.insert(next, Arc::new(reader));
+        segments.store(Arc::new(map));
+        self.current = next;
+        self.file = file;
+        self.len = 0;
+        self.dir_unsynced = true;
+        tracing::debug!(segment = next, "Started a record segment.");
+        Ok(())
+    }
+
+    /// Appends `records` to the current segment, where [`Log::reserve`] said.
+    fn append(&mut self, records: &[&[u8]]) -> StoreResult<()> {
+        let mut slices: Vec<IoSlice<'_>> = records.iter().map(|r| IoSlice::new(r)).collect();
+        let mut rest = &mut slices[..];
+        let total: usize = records.iter().map(|r| r.len()).sum();
+        while !rest.is_empty() {
+            // Linux takes at most 1024 slices per call.
+            let upto = rest.len().min(1024);
+            match self.file.write_vectored(&rest[..upto]) {
+                Ok(0) => {
+                    return Err(self.failed_append(std::io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.failed_append(e)),
+            }
+        }
+        self.len += total as u64;
+        self.unsynced.insert(self.current);
+        Ok(())
+    }
+
+    /// After a failed append: part of it may be in the file, so the length is taken from there
+    /// (what was written is garbage nothing will point to).
+    fn failed_append(&mut self, e: std::io::Error) -> StoreError {
+        if let Ok(meta) = self.file.metadata() {
+            self.len = meta.len();
+        }
+        self.unsynced.insert(self.current);
+        io_error(
+            "cannot append to the record segment",
+            &self.dir.join(segment_name(self.current)),
+            e,
+        )
+    }
+
+    /// Makes everything appended so far durable.
+    fn sync(&mut self, segments: &Segments) -> StoreResult<()> {
+        for &n in &self.unsynced {
+            if let Some(file) = segments.get(&n) {
+                file.sync_data().map_err(|e| {
+                    io_error(
+                        "cannot sync the record segment",
+                        &self.dir.join(segment_name(n)),
+                        e,
+                    )
+                })?;
+            }
+        }
+        self.unsynced.clear();
+        if self.dir_unsynced {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error("cannot sync the record log folder", &self.dir, e))?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Deletes the segments not in `live` (as of a durable commit just made), except the current.
+    fn collect(&mut self, segments: &ArcSwap<Segments>, live: &BTreeSet<u32>) {
+        let map = segments.load();
+        let dead: Vec<u32> = map
+            .keys()
+            .copied()
+            .filter(|n| *n != self.current && !live.contains(n))
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let mut kept = Segments::clone(&map);
+        for n in &dead {
+            kept.remove(n);
+        }
+        // Readers that took the old map keep their open files: a deleted file stays readable
+        // through them.
+        segments.store(Arc::new(kept));
+        for n in dead {
+            let path = self.dir.join(segment_name(n));
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(segment = n, "Deleted a record segment."),
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "Could not delete an unused record segment.")
+                }
+            }
+            self.unsynced.remove(&n);
+            self.dir_unsynced = true;
+        }
+    }
+}
+
+/// Reads records from the log for one operation.
+struct Records<'i> {
+    inner: &'i Inner,
+    /// Taken before the read transaction: every segment it can point into is here, or was created
+    /// after (and is in the current map).
+    segments: Arc<Segments>,
+    buf: Vec<u8>,
+}
+
+impl<'i> Records<'i> {
+    fn new(inner: &'i Inner) -> Records<'i> {
+        Records {
+            inner,
+            segments: inner.segments.load_full(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn bytes(&mut self, id: u128, at: Location) -> StoreResult<&[u8]> {
+        if !self.segments.contains_key(&at.segment) {
+            self.segments = self.inner.segments.load_full();
+        }
+        let Some(file) = self.segments.get(&at.segment) else {
+            return Err(corrupt(
+                id,
+                format!("its record segment {} is missing", at.segment),
+            ));
+        };
+        self.buf.clear();
+        self.buf.resize(at.len as usize, 0);
+        file.read_exact_at(&mut self.buf, u64::from(at.offset))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => corrupt(
+                    id,
+                    format!("its record lies past the end of segment {}", at.segment),
+                ),
+                _ => StoreError::Backend(format!(
+                    "reading transaction {} from segment {}: {e}",
+                    Uuid::from_u128(id),
+                    at.segment
+                )),
+            })?;
+        Ok(&self.buf)
+    }
+
+    fn decode(&mut self, id: u128, at: Location) -> StoreResult<Transaction> {
+        decode(id, self.bytes(id, at)?)
+    }
+}
+
+// ----- entries and keys -----
+
+/// Where a record is in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    segment: u32,
+    offset: u32,
+    len: u32,
+}
+
+/// An entry's length: stage, status, channel number, location.
+const ENTRY_LEN: usize = 2 + 4 + 4 + 4 + 4;
+
+/// A transaction's entry, read without touching its record.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
     stage: Stage,
     status: Status,
-    channel: &'a str,
-    record: &'a [u8],
+    /// The channel's number (`tx_channels`).
+    channel: u32,
+    at: Location,
 }
 
 fn corrupt(id: u128, why: impl fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("transaction {}: {why}", Uuid::from_u128(id)))
 }
 
-fn read_header(id: u128, value: &[u8]) -> StoreResult<Header<'_>> {
-    let Some(&[stage, status, len_lo, len_hi]) = value.first_chunk::<HEADER_LEN>() else {
-        return Err(corrupt(id, "the value is shorter than its header"));
-    };
-    let stage = Stage::from_code(stage).ok_or_else(|| corrupt(id, "unknown stage"))?;
-    let status = Status::from_code(status).ok_or_else(|| corrupt(id, "unknown status"))?;
-    let end = HEADER_LEN + usize::from(u16::from_le_bytes([len_lo, len_hi]));
-    let channel = value
-        .get(HEADER_LEN..end)
-        .ok_or_else(|| corrupt(id, "the channel id is cut short"))?;
-    let channel =
-        std::str::from_utf8(channel).map_err(|_| corrupt(id, "the channel id is not UTF-8"))?;
-    Ok(Header {
-        stage,
-        status,
-        channel,
-        record: value.get(end..).unwrap_or_default(),
-    })
+impl Entry {
+    fn read(id: u128, value: &[u8]) -> StoreResult<Entry> {
+        let Some(bytes) = value.first_chunk::<ENTRY_LEN>() else {
+            return Err(corrupt(id, "its entry is shorter than it should be"));
+        };
+        let [
+            stage,
+            status,
+            c0,
+            c1,
+            c2,
+            c3,
+            s0,
+            s1,
+            s2,
+            s3,
+            o0,
+            o1,
+            o2,
+            o3,
+            l0,
+            l1,
+            l2,
+            l3,
+        ] = *bytes;
+        Ok(Entry {
+            stage: Stage::from_code(stage).ok_or_else(|| corrupt(id, "unknown stage"))?,
+            status: Status::from_code(status).ok_or_else(|| corrupt(id, "unknown status"))?,
+            channel: u32::from_le_bytes([c0, c1, c2, c3]),
+            at: Location {
+                segment: u32::from_le_bytes([s0, s1, s2, s3]),
+                offset: u32::from_le_bytes([o0, o1, o2, o3]),
+                len: u32::from_le_bytes([l0, l1, l2, l3]),
+            },
+        })
+    }
+
+    fn bytes(&self) -> [u8; ENTRY_LEN] {
+        let mut out = [0u8; ENTRY_LEN];
+        out[0] = self.stage as u8;
+        out[1] = self.status.code();
+        out[2..6].copy_from_slice(&self.channel.to_le_bytes());
+        out[6..10].copy_from_slice(&self.at.segment.to_le_bytes());
+        out[10..14].copy_from_slice(&self.at.offset.to_le_bytes());
+        out[14..18].copy_from_slice(&self.at.len.to_le_bytes());
+        out
+    }
 }
 
-/// Writes a value into `buf` (cleared first), so a batch reuses one allocation.
-fn write_value(
-    buf: &mut Vec<u8>,
-    stage: Stage,
-    status: Status,
-    channel: &str,
-    record: &[u8],
-) -> StoreResult<()> {
-    let len = u16::try_from(channel.len()).map_err(|_| {
-        StoreError::Backend(format!(
-            "a channel id of {} bytes is too long to store",
-            channel.len()
-        ))
-    })?;
-    buf.clear();
-    buf.reserve(HEADER_LEN + channel.len() + record.len());
-    buf.push(stage as u8);
-    buf.push(status.code());
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(channel.as_bytes());
-    buf.extend_from_slice(record);
-    Ok(())
+/// A `tx_postings` key: channel number, status code, the posting's largest id (big-endian, so byte
+/// order is this order).
+fn posting_key(channel: u32, code: u8, id: u128) -> [u8; 21] {
+    let mut key = [0u8; 21];
+    key[..4].copy_from_slice(&channel.to_be_bytes());
+    key[4] = code;
+    key[5..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The id at the end of a posting key.
+fn id_of(key: &[u8; 21]) -> u128 {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&key[5..]);
+    u128::from_be_bytes(id)
+}
+
+/// The ids of a posting, ascending.
+fn posting_ids(value: &[u8]) -> StoreResult<impl DoubleEndedIterator<Item = u128> + '_> {
+    if !value.len().is_multiple_of(16) {
+        return Err(StoreError::Corrupt(format!(
+            "a transaction posting of {} bytes is not a list of ids",
+            value.len()
+        )));
+    }
+    Ok(value.chunks_exact(16).map(|id| {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(id);
+        u128::from_be_bytes(bytes)
+    }))
 }
 
 fn decode(id: u128, record: &[u8]) -> StoreResult<Transaction> {
     Transaction::decode(record).map_err(|e| corrupt(id, e))
 }
 
-/// The three index tables of a write transaction.
-struct Indexes<'t> {
-    by_channel: Table<'t, (&'static str, u128), ()>,
-    by_status: Table<'t, (u8, u128), ()>,
-    by_channel_status: Table<'t, (&'static str, u8, u128), ()>,
+const PROCESSING_CODE: u8 = 0;
+
+/// The status codes that have postings (all but `Processing`).
+fn posted_codes() -> impl Iterator<Item = u8> {
+    Status::ALL
+        .into_iter()
+        .map(Status::code)
+        .filter(|&c| c != PROCESSING_CODE)
 }
 
-impl Indexes<'_> {
-    fn open(txn: &WriteTransaction) -> StoreResult<Indexes<'_>> {
-        Ok(Indexes {
-            by_channel: txn
-                .open_table(BY_CHANNEL)
-                .context("opening the channel index")?,
-            by_status: txn
-                .open_table(BY_STATUS)
-                .context("opening the status index")?,
-            by_channel_status: txn
-                .open_table(BY_CHANNEL_STATUS)
-                .context("opening the channel-status index")?,
+// ----- writing -----
+
+/// The transaction tables of a write transaction, and the changes it gathers to write at the end.
+struct TxTables<'t> {
+    txs: Table<'t, u128, &'static [u8]>,
+    channels: Table<'t, &'static str, u32>,
+    postings: Table<'t, &'static [u8; 21], &'static [u8]>,
+    processing: Table<'t, u128, u32>,
+    segments: Table<'t, u32, (u64, u64)>,
+    /// Channel numbers this write transaction has looked up already.
+    known: HashMap<Box<str>, u32>,
+    /// Ids to post, by channel number and status code.
+    posts: BTreeMap<(u32, u8), Vec<u128>>,
+    /// Records and bytes added to and released from each segment.
+    added: BTreeMap<u32, (u64, u64)>,
+    released: BTreeMap<u32, (u64, u64)>,
+}
+
+impl TxTables<'_> {
+    fn open(txn: &WriteTransaction) -> StoreResult<TxTables<'_>> {
+        Ok(TxTables {
+            txs: txn
+                .open_table(TRANSACTIONS)
+                .context("opening the transactions table")?,
+            channels: txn
+                .open_table(CHANNEL_NUMBERS)
+                .context("opening the channel numbers")?,
+            postings: txn.open_table(POSTINGS).context("opening the postings")?,
+            processing: txn
+                .open_table(PROCESSING)
+                .context("opening the processing table")?,
+            segments: txn
+                .open_table(SEGMENTS)
+                .context("opening the segment table")?,
+            known: HashMap::new(),
+            posts: BTreeMap::new(),
+            added: BTreeMap::new(),
+            released: BTreeMap::new(),
         })
     }
 
-    fn insert(&mut self, id: u128, channel: &str, status: Status) -> StoreResult<()> {
-        let code = status.code();
-        self.by_channel
-            .insert((channel, id), ())
-            .context("indexing by channel")?;
-        self.by_status
-            .insert((code, id), ())
-            .context("indexing by status")?;
-        self.by_channel_status
-            .insert((channel, code, id), ())
-            .context("indexing by channel and status")?;
-        Ok(())
+    /// The number of `channel`, given one if it has none yet.
+    fn channel_number(&mut self, channel: &str) -> StoreResult<u32> {
+        if let Some(&number) = self.known.get(channel) {
+            return Ok(number);
+        }
+        let stored = self
+            .channels
+            .get(channel)
+            .context("reading a channel number")?
+            .map(|n| n.value());
+        let number = match stored {
+            Some(number) => number,
+            None => {
+                // Numbers are never taken back, so the count is the next one.
+                let count = self.channels.len().context("counting channel numbers")?;
+                let number = u32::try_from(count)
+                    .ok()
+                    .filter(|&n| n != ANY_CHANNEL)
+                    .ok_or_else(|| StoreError::Backend("too many channels".into()))?;
+                self.channels
+                    .insert(channel, number)
+                    .context("numbering a channel")?;
+                number
+            }
+        };
+        self.known.insert(channel.into(), number);
+        Ok(number)
     }
 
-    fn remove(&mut self, id: u128, channel: &str, status: Status) -> StoreResult<()> {
-        let code = status.code();
-        self.by_channel
-            .remove((channel, id))
-            .context("unindexing by channel")?;
-        self.by_status
-            .remove((code, id))
-            .context("unindexing by status")?;
-        self.by_channel_status
-            .remove((channel, code, id))
-            .context("unindexing by channel and status")?;
-        Ok(())
+    /// The entry of `id`, if there is one.
+    fn entry(&self, id: u128) -> StoreResult<Option<Entry>> {
+        match self.txs.get(id).context("reading a transaction")? {
+            Some(value) => Entry::read(id, value.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// Moves a record's entries when its status or channel changed.
-    fn update(
-        &mut self,
-        id: u128,
-        (old_channel, old_status): (&str, Status),
-        (channel, status): (&str, Status),
-    ) -> StoreResult<()> {
-        if old_channel == channel && old_status == status {
+    /// Stores `new` as the entry of `id` (which had `old`): the entry, the segment counts, and what
+    /// the indexes need.
+    fn write(&mut self, id: u128, old: Option<&Entry>, new: &Entry) -> StoreResult<()> {
+        self.txs
+            .insert(id, &new.bytes()[..])
+            .context("writing a transaction")?;
+        let added = self.added.entry(new.at.segment).or_default();
+        added.0 += 1;
+        added.1 += u64::from(new.at.len);
+        if let Some(old) = old {
+            self.release(old.at);
+        }
+        let was_processing = old.is_some_and(|o| o.status == Status::Processing);
+        if new.status == Status::Processing {
+            if !was_processing || old.is_some_and(|o| o.channel != new.channel) {
+                self.processing
+                    .insert(id, new.channel)
+                    .context("noting a transaction in flight")?;
+            }
             return Ok(());
         }
-        self.remove(id, old_channel, old_status)?;
-        self.insert(id, channel, status)
+        if was_processing {
+            self.processing
+                .remove(id)
+                .context("noting a transaction done")?;
+        }
+        let status_changed = old.is_none_or(|o| o.status != new.status);
+        let code = new.status.code();
+        if status_changed || old.is_some_and(|o| o.channel != new.channel) {
+            self.posts.entry((new.channel, code)).or_default().push(id);
+        }
+        if status_changed {
+            self.posts.entry((ANY_CHANNEL, code)).or_default().push(id);
+        }
+        Ok(())
     }
+
+    /// Removes the entry of `id`.
+    fn delete(&mut self, id: u128, old: Option<&Entry>) -> StoreResult<()> {
+        self.txs.remove(id).context("deleting a transaction")?;
+        match old {
+            Some(old) => {
+                self.release(old.at);
+                if old.status == Status::Processing {
+                    self.processing
+                        .remove(id)
+                        .context("noting a transaction gone")?;
+                }
+            }
+            // Whatever it was, it is not in flight any more.
+            None => {
+                self.processing
+                    .remove(id)
+                    .context("noting a transaction gone")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, at: Location) {
+        let released = self.released.entry(at.segment).or_default();
+        released.0 += 1;
+        released.1 += u64::from(at.len);
+    }
+
+    /// Writes the postings and the segment counts gathered.
+    fn finish(&mut self) -> StoreResult<()> {
+        let mut value = Vec::new();
+        for ((channel, code), ids) in std::mem::take(&mut self.posts) {
+            self.post(channel, code, ids, &mut value)?;
+        }
+        let touched: BTreeSet<u32> = self
+            .added
+            .keys()
+            .chain(self.released.keys())
+            .copied()
+            .collect();
+        for segment in touched {
+            let (records, bytes) = self
+                .segments
+                .get(segment)
+                .context("reading a segment's count")?
+                .map_or((0, 0), |v| v.value());
+            let (add_records, add_bytes) = self.added.get(&segment).copied().unwrap_or_default();
+            let (gone_records, gone_bytes) =
+                self.released.get(&segment).copied().unwrap_or_default();
+            let records = records + add_records;
+            if gone_records > records {
+                // Losing some space beats deleting records that may still be there.
+                tracing::warn!(
+                    segment,
+                    records,
+                    gone_records,
+                    "A record segment's count is wrong; keeping the segment."
+                );
+                continue;
+            }
+            if records == gone_records {
+                self.segments
+                    .remove(segment)
+                    .context("forgetting a segment")?;
+            } else {
+                let bytes = (bytes + add_bytes).saturating_sub(gone_bytes);
+                self.segments
+                    .insert(segment, (records - gone_records, bytes))
+                    .context("counting a segment")?;
+            }
+        }
+        self.added.clear();
+        self.released.clear();
+        Ok(())
+    }
+
+    /// Writes one posting (joined with the one already under its key, which only happens when an
+    /// id is posted twice for one channel and status).
+    fn post(
+        &mut self,
+        channel: u32,
+        code: u8,
+        mut ids: Vec<u128>,
+        value: &mut Vec<u8>,
+    ) -> StoreResult<()> {
+        ids.sort_unstable();
+        ids.dedup();
+        let Some(&largest) = ids.last() else {
+            return Ok(());
+        };
+        let key = posting_key(channel, code, largest);
+        value.clear();
+        for id in &ids {
+            value.extend_from_slice(&id.to_be_bytes());
+        }
+        let earlier = self
+            .postings
+            .insert(&key, value.as_slice())
+            .context("writing a posting")?
+            .map(|old| old.value().to_vec());
+        if let Some(earlier) = earlier {
+            ids.extend(posting_ids(&earlier)?);
+            ids.sort_unstable();
+            ids.dedup();
+            value.clear();
+            for id in &ids {
+                value.extend_from_slice(&id.to_be_bytes());
+            }
+            self.postings
+                .insert(&key, value.as_slice())
+                .context("writing a posting")?;
+        }
+        Ok(())
+    }
+
+    /// The segments some entry points into.
+    fn live_segments(&self) -> StoreResult<BTreeSet<u32>> {
+        self.segments
+            .iter()
+            .context("listing segments")?
+            .map(|entry| entry.map(|(n, _)| n.value()).context("listing segments"))
+            .collect()
+    }
+
+    /// Deletes the postings that can only hold deleted records: those whose largest id is below
+    /// the oldest record's (all of them when there is none).
+    fn prune_postings(&mut self) -> StoreResult<()> {
+        let oldest = self
+            .txs
+            .first()
+            .context("finding the oldest transaction")?
+            .map(|(id, _)| id.value());
+        if oldest == Some(0) {
+            return Ok(());
+        }
+        let below = oldest.map_or(u128::MAX, |o| o - 1);
+        let mut channels: Vec<u32> = self
+            .channels
+            .iter()
+            .context("listing channel numbers")?
+            .map(|entry| {
+                entry
+                    .map(|(_, n)| n.value())
+                    .context("listing channel numbers")
+            })
+            .collect::<StoreResult<_>>()?;
+        channels.push(ANY_CHANNEL);
+        let mut dead: Vec<[u8; 21]> = Vec::new();
+        for channel in channels {
+            for code in posted_codes() {
+                let (from, to) = (
+                    posting_key(channel, code, 0),
+                    posting_key(channel, code, below),
+                );
+                for entry in self
+                    .postings
+                    .range::<&[u8; 21]>(&from..=&to)
+                    .context("finding old postings")?
+                {
+                    let (key, _) = entry.context("finding old postings")?;
+                    dead.push(*key.value());
+                }
+            }
+        }
+        for key in &dead {
+            self.postings.remove(key).context("deleting a posting")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a batch record finds stored under its id.
+enum Existing {
+    None,
+    /// A later stage, or the very same record: nothing to write.
+    Keep,
+    /// An earlier or the same stage: replace it.
+    Replace(Entry),
+}
+
+fn existing(
+    tables: &TxTables<'_>,
+    records: &mut Records<'_>,
+    tx: &StoredTx,
+    new: &Entry,
+) -> StoreResult<Existing> {
+    let id = tx.id.as_u128();
+    let old = match tables.entry(id) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Ok(Existing::None),
+        Err(error @ StoreError::Corrupt(_)) => {
+            // Refusing the batch would stall the recorder for good; the newer record is the best
+            // repair there is (what the unreadable entry was posted under stays stale, and is
+            // skipped: readers check every candidate's entry).
+            tracing::warn!(%error, "Replacing an unreadable stored transaction.");
+            return Ok(Existing::None);
+        }
+        Err(error) => return Err(error),
+    };
+    if old.stage > new.stage {
+        return Ok(Existing::Keep);
+    }
+    // A replayed record: writing it again would only copy bytes.
+    if old.stage == new.stage
+        && old.status == new.status
+        && old.channel == new.channel
+        && old.at.len == new.at.len
+        && records
+            .bytes(id, old.at)
+            .is_ok_and(|stored| stored == &tx.bytes[..])
+    {
+        return Ok(Existing::Keep);
+    }
+    Ok(Existing::Replace(old))
+}
+
+/// The records of a batch to write, by id: of several records with one id, the one of the latest
+/// stage (the last one given of that stage).
+fn latest_per_id(batch: &[StoredTx]) -> Vec<&StoredTx> {
+    let mut sorted: Vec<&StoredTx> = batch.iter().collect();
+    // Stable: records of one id and stage keep their order.
+    sorted.sort_by_key(|tx| (tx.id, tx.stage));
+    let mut out: Vec<&StoredTx> = Vec::with_capacity(sorted.len());
+    for tx in sorted {
+        match out.last_mut() {
+            Some(last) if last.id == tx.id => *last = tx,
+            _ => out.push(tx),
+        }
+    }
+    out
+}
+
+fn record_len(bytes: &[u8]) -> StoreResult<u32> {
+    u32::try_from(bytes.len())
+        .map_err(|_| StoreError::Backend(format!("a record of {} bytes", bytes.len())))
 }
 
 // ----- transactions: the blocking halves -----
 
-fn put_transactions(db: &Database, batch: &[StoredTx]) -> StoreResult<usize> {
-    let mut txn = begin_write(db)?;
+fn put_transactions(inner: &Inner, batch: &[StoredTx]) -> StoreResult<usize> {
+    let batch = latest_per_id(batch);
+    let mut log = inner.log();
+    let mut records = Records::new(inner);
+    let mut txn = inner.db.begin_write().context("beginning a write")?;
     // Not durable by itself: the recorder's spool holds these records until `sync` (fsyncing every
-    // batch cost more than the proxying it records).
+    // batch cost more than the proxying it records). No quick repair either: it only acts on
+    // durable commits, where `sync` asks for it.
     txn.set_durability(redb::Durability::None)
         .context("choosing the commit durability")?;
-    let mut written = 0;
-    {
-        let mut txs = txn
-            .open_table(TRANSACTIONS)
-            .context("opening the transactions table")?;
-        let mut indexes = Indexes::open(&txn)?;
-        let mut value = Vec::with_capacity(4096);
-        let mut old_channel = String::new();
+    let written = {
+        let mut tables = TxTables::open(&txn)?;
+        // Ids above the newest stored one are new: no need to look them up. In the recorder's
+        // batches most are (ids are time-ordered, and the batch is sorted).
+        let newest = tables
+            .txs
+            .last()
+            .context("finding the newest transaction")?
+            .map(|(id, _)| id.value());
+        let mut accepted: Vec<(&StoredTx, Entry, Option<Entry>)> = Vec::with_capacity(batch.len());
+        let mut total = 0u64;
         for tx in batch {
             let id = tx.id.as_u128();
-            write_value(&mut value, tx.stage, tx.status, &tx.channel_id, &tx.bytes)?;
-            let old_status = match txs.get(id).context("reading a transaction")? {
-                None => None,
-                // A replayed record: writing it again would only copy pages.
-                Some(old) if old.value() == value.as_slice() => continue,
-                Some(old) => match read_header(id, old.value()) {
-                    Ok(h) if h.stage > tx.stage => continue,
-                    Ok(h) => {
-                        old_channel.clear();
-                        old_channel.push_str(h.channel);
-                        Some(h.status)
-                    }
-                    // Refusing the batch would stall the recorder for good; the newer record is
-                    // the best repair there is. Its old index entries (unknown) stay behind, which
-                    // readers tolerate: they check every candidate's header.
-                    Err(error) => {
-                        tracing::warn!(%error, "Replacing an unreadable stored transaction.");
-                        None
-                    }
+            let entry = Entry {
+                stage: tx.stage,
+                status: tx.status,
+                channel: tables.channel_number(&tx.channel_id)?,
+                at: Location {
+                    segment: 0,
+                    offset: 0,
+                    len: record_len(&tx.bytes)?,
                 },
             };
-            txs.insert(id, value.as_slice())
-                .context("writing a transaction")?;
-            written += 1;
-            match old_status {
-                Some(old_status) => {
-                    indexes.update(id, (&old_channel, old_status), (&tx.channel_id, tx.status))?
+            let old = match newest {
+                Some(newest) if id <= newest => {
+                    match existing(&tables, &mut records, tx, &entry)? {
+                        Existing::Keep => continue,
+                        Existing::Replace(old) => Some(old),
+                        Existing::None => None,
+                    }
                 }
-                None => indexes.insert(id, &tx.channel_id, tx.status)?,
-            }
+                _ => None,
+            };
+            total += u64::from(entry.at.len);
+            accepted.push((tx, entry, old));
         }
-    }
+        if accepted.is_empty() {
+            // A replay: nothing to write (the transaction is dropped unwritten).
+            return Ok(0);
+        }
+        let (segment, mut offset) = log.reserve(&inner.segments, total)?;
+        let mut bytes: Vec<&[u8]> = Vec::with_capacity(accepted.len());
+        for (tx, entry, old) in &mut accepted {
+            entry.at.segment = segment;
+            entry.at.offset = offset;
+            offset += entry.at.len;
+            tables.write(tx.id.as_u128(), old.as_ref(), entry)?;
+            bytes.push(&tx.bytes);
+        }
+        tables.finish()?;
+        // Last, so that a failure before leaves nothing in the log; a failure after leaves bytes
+        // nothing points to (the transaction is not committed).
+        log.append(&bytes)?;
+        accepted.len()
+    };
     txn.commit().context("committing transactions")?;
     Ok(written)
 }
 
-/// An empty durable commit: makes every earlier non-durable commit durable.
-fn sync(db: &Database) -> StoreResult<()> {
-    let txn = begin_write(db)?;
-    txn.commit().context("committing to disk")?;
+/// Makes every earlier write durable: the log synced, then an empty durable commit; then deletes
+/// the segments nothing uses any more.
+fn sync(inner: &Inner) -> StoreResult<()> {
+    let (mut log, txn) = inner.begin_durable()?;
+    let live = TxTables::open(&txn)?.live_segments()?;
+    inner.commit_durable(&mut log, txn, "committing to disk")?;
+    log.collect(&inner.segments, &live);
     Ok(())
 }
 
-fn get_transaction(db: &Database, id: Uuid) -> StoreResult<Option<Transaction>> {
-    let txn = db.begin_read().context("beginning a read")?;
+fn get_transaction(inner: &Inner, id: Uuid) -> StoreResult<Option<Transaction>> {
+    let mut records = Records::new(inner);
+    let txn = inner.db.begin_read().context("beginning a read")?;
     let txs = txn
         .open_table(TRANSACTIONS)
         .context("opening the transactions table")?;
@@ -387,78 +1156,80 @@ fn get_transaction(db: &Database, id: Uuid) -> StoreResult<Option<Transaction>> 
     let Some(value) = txs.get(key).context("reading a transaction")? else {
         return Ok(None);
     };
-    let header = read_header(key, value.value())?;
-    decode(key, header.record).map(Some)
+    let entry = Entry::read(key, value.value())?;
+    records.decode(key, entry.at).map(Some)
 }
 
 fn modify_transaction(
-    db: &Database,
+    inner: &Inner,
     id: Uuid,
     change: Box<dyn for<'a> FnOnce(&'a mut Transaction) + Send>,
 ) -> StoreResult<bool> {
     let key = id.as_u128();
-    let txn = begin_write(db)?;
+    let (mut log, txn) = inner.begin_durable()?;
+    let mut records = Records::new(inner);
     {
-        let mut txs = txn
-            .open_table(TRANSACTIONS)
-            .context("opening the transactions table")?;
-        let (stage, old_status, old_channel, mut tx) =
-            match txs.get(key).context("reading a transaction")? {
-                None => return Ok(false),
-                Some(value) => {
-                    let header = read_header(key, value.value())?;
-                    let tx = decode(key, header.record)?;
-                    (header.stage, header.status, header.channel.to_owned(), tx)
-                }
-            };
+        let mut tables = TxTables::open(&txn)?;
+        let Some(old) = tables.entry(key)? else {
+            return Ok(false);
+        };
+        let mut tx = records.decode(key, old.at)?;
         change(&mut tx);
         // The key is the id; a change cannot move the record.
         tx.id = id;
-        let mut value = Vec::new();
-        write_value(&mut value, stage, tx.status, &tx.channel_id, &tx.encode())?;
-        txs.insert(key, value.as_slice())
-            .context("writing a transaction")?;
-        Indexes::open(&txn)?.update(
-            key,
-            (&old_channel, old_status),
-            (&tx.channel_id, tx.status),
-        )?;
+        let bytes = tx.encode();
+        let len = record_len(&bytes)?;
+        let (segment, offset) = log.reserve(&inner.segments, u64::from(len))?;
+        let new = Entry {
+            stage: old.stage,
+            status: tx.status,
+            channel: tables.channel_number(&tx.channel_id)?,
+            at: Location {
+                segment,
+                offset,
+                len,
+            },
+        };
+        tables.write(key, Some(&old), &new)?;
+        tables.finish()?;
+        log.append(&[&bytes])?;
     }
-    txn.commit().context("committing a changed transaction")?;
+    inner.commit_durable(&mut log, txn, "committing a changed transaction")?;
     Ok(true)
 }
 
 /// Collects one page of a listing from candidates offered newest first.
-struct Page<'q> {
+struct Page<'q, 'i> {
     query: &'q TxQuery,
+    /// The number of the query's channel.
+    channel: Option<u32>,
     /// Whether a candidate must be decoded to know if it matches (filters no index answers).
     needs_record: bool,
     skip: usize,
     out: Vec<Transaction>,
+    records: Records<'i>,
 }
 
-impl<'q> Page<'q> {
-    fn new(query: &'q TxQuery) -> Page<'q> {
+impl<'q, 'i> Page<'q, 'i> {
+    fn new(query: &'q TxQuery, channel: Option<u32>, records: Records<'i>) -> Page<'q, 'i> {
         Page {
             query,
+            channel,
             needs_record: query.from.is_some()
                 || query.to.is_some()
                 || query.response_status.is_some()
                 || query.path.is_some(),
             skip: query.offset,
             out: Vec::with_capacity(query.limit.min(1000)),
+            records,
         }
     }
 
     fn offer(&mut self, id: u128, value: &[u8]) -> StoreResult<ControlFlow<()>> {
-        let header = read_header(id, value)?;
-        // The header, not the index the candidate came from, is the truth.
-        if self
-            .query
-            .channel_id
-            .as_deref()
-            .is_some_and(|c| c != header.channel)
-            || (!self.query.statuses.is_empty() && !self.query.statuses.contains(&header.status))
+        let entry = Entry::read(id, value)?;
+        // The entry, not the posting the candidate came from, is the truth.
+        if self.channel.is_some_and(|c| c != entry.channel)
+            || (!self.query.statuses.is_empty() && !self.query.statuses.contains(&entry.status))
         {
             return Ok(ControlFlow::Continue(()));
         }
@@ -466,7 +1237,7 @@ impl<'q> Page<'q> {
             self.skip -= 1;
             return Ok(ControlFlow::Continue(()));
         }
-        let tx = decode(id, header.record)?;
+        let tx = self.records.decode(id, entry.at)?;
         if !self.query.matches(&tx) {
             return Ok(ControlFlow::Continue(()));
         }
@@ -482,15 +1253,15 @@ impl<'q> Page<'q> {
         })
     }
 
-    /// Offers the records of `ids` (from an index) until the page is full.
+    /// Offers the records of `ids` until the page is full.
     fn fetch(
         &mut self,
         txs: &ReadOnlyTable<u128, &[u8]>,
-        ids: impl Iterator<Item = redb::Result<u128>>,
+        ids: impl Iterator<Item = StoreResult<u128>>,
     ) -> StoreResult<()> {
         for id in ids {
-            let id = id.context("scanning an index")?;
-            // An index entry without its record is left over from an unreadable value; skip it.
+            let id = id?;
+            // A posting of a deleted record; skip it.
             let Some(value) = txs.get(id).context("reading a transaction")? else {
                 continue;
             };
@@ -502,141 +1273,244 @@ impl<'q> Page<'q> {
     }
 }
 
-/// Merges per-status index scans, each newest first, into one newest-first stream of ids.
-struct NewestFirst<I> {
-    sources: Vec<I>,
-    heads: Vec<Option<u128>>,
-    primed: bool,
+/// The postings of one channel (or every channel) and status, largest id first.
+struct PostingScan {
+    range: std::iter::Rev<redb::Range<'static, &'static [u8; 21], &'static [u8]>>,
+    /// The next posting: its largest id and its value.
+    next: Option<(u128, AccessGuard<'static, &'static [u8]>)>,
 }
 
-impl<I: Iterator<Item = redb::Result<u128>>> NewestFirst<I> {
-    fn new(sources: Vec<I>) -> NewestFirst<I> {
-        NewestFirst {
-            heads: vec![None; sources.len()],
-            sources,
-            primed: false,
-        }
+impl PostingScan {
+    fn new(
+        postings: &ReadOnlyTable<&'static [u8; 21], &'static [u8]>,
+        channel: u32,
+        code: u8,
+        lo: u128,
+    ) -> StoreResult<PostingScan> {
+        // Postings whose largest id is below `lo` hold nothing at or above it.
+        let (from, to) = (
+            posting_key(channel, code, lo),
+            posting_key(channel, code, u128::MAX),
+        );
+        let mut scan = PostingScan {
+            range: postings
+                .range::<&[u8; 21]>(&from..=&to)
+                .context("scanning postings")?
+                .rev(),
+            next: None,
+        };
+        scan.advance()?;
+        Ok(scan)
     }
 
-    fn advance(&mut self, source: usize) -> redb::Result<()> {
-        self.heads[source] = self.sources[source].next().transpose()?;
+    fn advance(&mut self) -> StoreResult<()> {
+        self.next = match self.range.next() {
+            None => None,
+            Some(entry) => {
+                let (key, value) = entry.context("scanning postings")?;
+                Some((id_of(key.value()), value))
+            }
+        };
         Ok(())
     }
 }
 
-impl<I: Iterator<Item = redb::Result<u128>>> Iterator for NewestFirst<I> {
-    type Item = redb::Result<u128>;
+/// Where candidates come from once found.
+enum Cursor {
+    /// A posting's ids in the listing's range, ascending (taken from the end).
+    Ids(Vec<u128>),
+    /// The records in flight, newest first (of one channel, if given).
+    Processing {
+        range: Box<std::iter::Rev<redb::Range<'static, u128, u32>>>,
+        channel: Option<u32>,
+    },
+}
 
-    fn next(&mut self) -> Option<redb::Result<u128>> {
-        if !self.primed {
-            self.primed = true;
-            for source in 0..self.sources.len() {
-                if let Err(e) = self.advance(source) {
-                    return Some(Err(e));
+impl Cursor {
+    fn next(&mut self) -> StoreResult<Option<u128>> {
+        match self {
+            Cursor::Ids(ids) => Ok(ids.pop()),
+            Cursor::Processing { range, channel } => {
+                for entry in range.by_ref() {
+                    let (id, of) = entry.context("scanning the processing table")?;
+                    if channel.is_none_or(|c| c == of.value()) {
+                        return Ok(Some(id.value()));
+                    }
                 }
+                Ok(None)
             }
         }
-        // A handful of sources at most (one per status): a linear pick beats a heap.
-        let (source, id) = self
-            .heads
-            .iter()
-            .enumerate()
-            .filter_map(|(i, head)| head.map(|id| (i, id)))
-            .max_by_key(|&(_, id)| id)?;
-        if let Err(e) = self.advance(source) {
-            return Some(Err(e));
-        }
-        Some(Ok(id))
     }
 }
 
-fn list_transactions(db: &Database, query: &TxQuery) -> StoreResult<Vec<Transaction>> {
+/// Candidate ids for a listing by channel or status, newest first and each once: postings merged
+/// as they are needed. A posting holds no id above its largest, so an id is only given once every
+/// posting whose largest id is at or above it has been opened.
+struct Candidates {
+    scans: Vec<PostingScan>,
+    cursors: Vec<Cursor>,
+    /// The next id of each open cursor.
+    heads: BinaryHeap<(u128, usize)>,
+    lo: u128,
+    hi: u128,
+    last: Option<u128>,
+}
+
+impl Candidates {
+    fn new(lo: u128, hi: u128) -> Candidates {
+        Candidates {
+            scans: Vec::new(),
+            cursors: Vec::new(),
+            heads: BinaryHeap::new(),
+            lo,
+            hi,
+            last: None,
+        }
+    }
+
+    fn add_cursor(&mut self, mut cursor: Cursor) -> StoreResult<()> {
+        if let Some(id) = cursor.next()? {
+            self.heads.push((id, self.cursors.len()));
+            self.cursors.push(cursor);
+        }
+        Ok(())
+    }
+
+    /// Opens the next posting of scan `i`.
+    fn open(&mut self, i: usize) -> StoreResult<()> {
+        let Some((_, value)) = self.scans[i].next.take() else {
+            return Ok(());
+        };
+        self.scans[i].advance()?;
+        let ids: Vec<u128> = posting_ids(value.value())?
+            .filter(|id| (self.lo..=self.hi).contains(id))
+            .collect();
+        if !ids.is_empty() {
+            self.add_cursor(Cursor::Ids(ids))?;
+        }
+        Ok(())
+    }
+
+    fn next_id(&mut self) -> StoreResult<Option<u128>> {
+        loop {
+            let head = self.heads.peek().map(|&(id, _)| id);
+            let unopened = self
+                .scans
+                .iter()
+                .enumerate()
+                .filter_map(|(i, scan)| scan.next.as_ref().map(|(largest, _)| (i, *largest)))
+                .max_by_key(|&(_, largest)| largest);
+            if let Some((i, largest)) = unopened
+                && head.is_none_or(|head| largest >= head)
+            {
+                self.open(i)?;
+                continue;
+            }
+            let Some((id, cursor)) = self.heads.pop() else {
+                return Ok(None);
+            };
+            if let Some(next) = self.cursors[cursor].next()? {
+                self.heads.push((next, cursor));
+            }
+            // A record posted twice (it left a status and came back).
+            if self.last == Some(id) {
+                continue;
+            }
+            self.last = Some(id);
+            return Ok(Some(id));
+        }
+    }
+}
+
+impl Iterator for Candidates {
+    type Item = StoreResult<u128>;
+
+    fn next(&mut self) -> Option<StoreResult<u128>> {
+        self.next_id().transpose()
+    }
+}
+
+fn list_transactions(inner: &Inner, query: &TxQuery) -> StoreResult<Vec<Transaction>> {
     let (lo, hi) = (query.min_id().as_u128(), query.max_id().as_u128());
     if query.limit == 0 || lo > hi {
         return Ok(Vec::new());
     }
-    let txn = db.begin_read().context("beginning a read")?;
+    let records = Records::new(inner);
+    let txn = inner.db.begin_read().context("beginning a read")?;
     let txs = txn
         .open_table(TRANSACTIONS)
         .context("opening the transactions table")?;
-    let mut page = Page::new(query);
-    let mut statuses: Vec<u8> = query.statuses.iter().map(|s| s.code()).collect();
-    statuses.sort_unstable();
-    statuses.dedup();
-    match query.channel_id.as_deref() {
-        None if statuses.is_empty() => {
-            for entry in txs.range(lo..=hi).context("scanning transactions")?.rev() {
-                let (id, value) = entry.context("scanning transactions")?;
-                if page.offer(id.value(), value.value())?.is_break() {
-                    break;
-                }
-            }
-        }
-        Some(channel) if statuses.is_empty() => {
-            let index = txn
-                .open_table(BY_CHANNEL)
-                .context("opening the channel index")?;
-            let ids = index
-                .range((channel, lo)..=(channel, hi))
-                .context("scanning the channel index")?
-                .rev()
-                .map(|entry| entry.map(|(key, _)| key.value().1));
-            page.fetch(&txs, ids)?;
-        }
+    let channel = match query.channel_id.as_deref() {
+        None => None,
         Some(channel) => {
-            let index = txn
-                .open_table(BY_CHANNEL_STATUS)
-                .context("opening the channel-status index")?;
-            let mut sources = Vec::with_capacity(statuses.len());
-            for code in statuses {
-                let ids = index
-                    .range((channel, code, lo)..=(channel, code, hi))
-                    .context("scanning the channel-status index")?
-                    .rev()
-                    .map(|entry| entry.map(|(key, _)| key.value().2));
-                sources.push(ids);
+            let numbers = txn
+                .open_table(CHANNEL_NUMBERS)
+                .context("opening the channel numbers")?;
+            match numbers.get(channel).context("reading a channel number")? {
+                Some(number) => Some(number.value()),
+                // No record ever had this channel.
+                None => return Ok(Vec::new()),
             }
-            page.fetch(&txs, NewestFirst::new(sources))?;
         }
-        None => {
-            let index = txn
-                .open_table(BY_STATUS)
-                .context("opening the status index")?;
-            let mut sources = Vec::with_capacity(statuses.len());
-            for code in statuses {
-                let ids = index
-                    .range((code, lo)..=(code, hi))
-                    .context("scanning the status index")?
-                    .rev()
-                    .map(|entry| entry.map(|(key, _)| key.value().1));
-                sources.push(ids);
+    };
+    let mut page = Page::new(query, channel, records);
+    let mut codes: Vec<u8> = query.statuses.iter().map(|s| s.code()).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    if channel.is_none() && codes.is_empty() {
+        for entry in txs.range(lo..=hi).context("scanning transactions")?.rev() {
+            let (id, value) = entry.context("scanning transactions")?;
+            if page.offer(id.value(), value.value())?.is_break() {
+                break;
             }
-            page.fetch(&txs, NewestFirst::new(sources))?;
+        }
+        return Ok(page.out);
+    }
+    if codes.is_empty() {
+        codes = Status::ALL.into_iter().map(Status::code).collect();
+    }
+    let postings = txn.open_table(POSTINGS).context("opening the postings")?;
+    let mut candidates = Candidates::new(lo, hi);
+    for code in codes {
+        if code == PROCESSING_CODE {
+            let processing = txn
+                .open_table(PROCESSING)
+                .context("opening the processing table")?;
+            let range = Box::new(
+                processing
+                    .range(lo..=hi)
+                    .context("scanning the processing table")?
+                    .rev(),
+            );
+            candidates.add_cursor(Cursor::Processing { range, channel })?;
+        } else {
+            let scan = PostingScan::new(&postings, channel.unwrap_or(ANY_CHANNEL), code, lo)?;
+            candidates.scans.push(scan);
         }
     }
+    page.fetch(&txs, candidates)?;
     Ok(page.out)
 }
 
-fn processing(db: &Database, limit: usize) -> StoreResult<Vec<Uuid>> {
-    let txn = db.begin_read().context("beginning a read")?;
-    let index = txn
-        .open_table(BY_STATUS)
-        .context("opening the status index")?;
-    let code = Status::Processing.code();
-    index
-        .range((code, 0)..=(code, u128::MAX))
-        .context("scanning the status index")?
+fn processing(inner: &Inner, limit: usize) -> StoreResult<Vec<Uuid>> {
+    let txn = inner.db.begin_read().context("beginning a read")?;
+    let table = txn
+        .open_table(PROCESSING)
+        .context("opening the processing table")?;
+    table
+        .iter()
+        .context("scanning the processing table")?
         .take(limit)
         .map(|entry| {
             entry
-                .map(|(key, _)| Uuid::from_u128(key.value().1))
-                .context("scanning the status index")
+                .map(|(id, _)| Uuid::from_u128(id.value()))
+                .context("scanning the processing table")
         })
         .collect()
 }
 
-fn newest_transaction(db: &Database) -> StoreResult<Option<Uuid>> {
-    let txn = db.begin_read().context("beginning a read")?;
+fn newest_transaction(inner: &Inner) -> StoreResult<Option<Uuid>> {
+    let txn = inner.db.begin_read().context("beginning a read")?;
     let txs = txn
         .open_table(TRANSACTIONS)
         .context("opening the transactions table")?;
@@ -646,8 +1520,8 @@ fn newest_transaction(db: &Database) -> StoreResult<Option<Uuid>> {
         .map(|(id, _)| Uuid::from_u128(id.value())))
 }
 
-fn count_transactions(db: &Database) -> StoreResult<u64> {
-    let txn = db.begin_read().context("beginning a read")?;
+fn count_transactions(inner: &Inner) -> StoreResult<u64> {
+    let txn = inner.db.begin_read().context("beginning a read")?;
     txn.open_table(TRANSACTIONS)
         .context("opening the transactions table")?
         .len()
@@ -678,7 +1552,7 @@ fn strip_bodies(tx: &mut Transaction) -> bool {
 }
 
 fn cull_bodies(
-    db: &Database,
+    inner: &Inner,
     channel: &str,
     after: Uuid,
     before: Uuid,
@@ -688,95 +1562,115 @@ fn cull_bodies(
     if limit == 0 || after >= before {
         return Ok(Culled::default());
     }
-    let txn = begin_write(db)?;
+    let (mut log, txn) = inner.begin_durable()?;
+    let mut records = Records::new(inner);
     let mut culled = Culled::default();
-    {
-        let ids: Vec<u128> = {
-            let index = txn
-                .open_table(BY_CHANNEL)
-                .context("opening the channel index")?;
-            index
-                .range((
-                    Bound::Excluded((channel, after)),
-                    Bound::Excluded((channel, before)),
-                ))
-                .context("scanning the channel index")?
-                .take(limit)
-                .map(|entry| {
-                    entry
-                        .map(|(key, _)| key.value().1)
-                        .context("scanning the channel index")
-                })
-                .collect::<StoreResult<_>>()?
+    let live = {
+        let mut tables = TxTables::open(&txn)?;
+        let Some(number) = tables
+            .channels
+            .get(channel)
+            .context("reading a channel number")?
+            .map(|n| n.value())
+        else {
+            // No record ever had this channel.
+            return Ok(culled);
         };
-        let mut txs = txn
-            .open_table(TRANSACTIONS)
-            .context("opening the transactions table")?;
-        let mut value = Vec::new();
-        for &id in &ids {
-            culled.visited += 1;
-            let (stage, status, mut tx) = {
-                let Some(stored) = txs.get(id).context("reading a transaction")? else {
-                    continue;
-                };
-                let header = read_header(id, stored.value())?;
-                if header.channel != channel {
-                    continue;
+        // The channel's records in the range, oldest first, from the entries (small: a scan is
+        // cheap, and culling runs in the background).
+        let mut found: Vec<(u128, Entry)> = Vec::new();
+        for entry in tables
+            .txs
+            .range((Bound::Excluded(after), Bound::Excluded(before)))
+            .context("scanning transactions")?
+        {
+            let (id, value) = entry.context("scanning transactions")?;
+            let entry = Entry::read(id.value(), value.value())?;
+            if entry.channel == number {
+                found.push((id.value(), entry));
+                if found.len() >= limit {
+                    break;
                 }
-                (header.stage, header.status, decode(id, header.record)?)
-            };
-            if !strip_bodies(&mut tx) {
-                continue;
             }
-            write_value(&mut value, stage, status, channel, &tx.encode())?;
-            txs.insert(id, value.as_slice())
-                .context("writing a transaction")?;
-            culled.changed += 1;
         }
-        culled.last = ids.last().copied().map(Uuid::from_u128);
-    }
-    txn.commit().context("committing culled bodies")?;
+        let mut changed: Vec<(u128, Entry, Vec<u8>)> = Vec::new();
+        for &(id, old) in &found {
+            culled.visited += 1;
+            let mut tx = records.decode(id, old.at)?;
+            if strip_bodies(&mut tx) {
+                changed.push((id, old, tx.encode()));
+            }
+        }
+        if !changed.is_empty() {
+            let mut total = 0u64;
+            for (_, _, bytes) in &changed {
+                total += u64::from(record_len(bytes)?);
+            }
+            let (segment, mut offset) = log.reserve(&inner.segments, total)?;
+            for (id, old, bytes) in &changed {
+                let len = record_len(bytes)?;
+                let new = Entry {
+                    at: Location {
+                        segment,
+                        offset,
+                        len,
+                    },
+                    ..*old
+                };
+                offset += len;
+                tables.write(*id, Some(old), &new)?;
+            }
+            tables.finish()?;
+            let bytes: Vec<&[u8]> = changed.iter().map(|(_, _, b)| b.as_slice()).collect();
+            log.append(&bytes)?;
+        }
+        culled.changed = changed.len() as u64;
+        culled.last = found.last().map(|&(id, _)| Uuid::from_u128(id));
+        tables.live_segments()?
+    };
+    inner.commit_durable(&mut log, txn, "committing culled bodies")?;
+    log.collect(&inner.segments, &live);
     Ok(culled)
 }
 
-fn delete_transactions(db: &Database, before: Uuid, limit: usize) -> StoreResult<u64> {
+fn delete_transactions(inner: &Inner, before: Uuid, limit: usize) -> StoreResult<u64> {
     if limit == 0 {
         return Ok(0);
     }
-    let txn = begin_write(db)?;
-    let mut deleted = 0;
-    {
-        let mut txs = txn
-            .open_table(TRANSACTIONS)
-            .context("opening the transactions table")?;
+    let (mut log, txn) = inner.begin_durable()?;
+    let (deleted, live) = {
+        let mut tables = TxTables::open(&txn)?;
         let mut victims = Vec::new();
-        for entry in txs
+        for entry in tables
+            .txs
             .range(..before.as_u128())
             .context("scanning transactions")?
             .take(limit)
         {
             let (id, value) = entry.context("scanning transactions")?;
             let id = id.value();
-            let indexed = match read_header(id, value.value()) {
-                Ok(h) => Some((h.channel.to_owned(), h.status)),
-                // Deleting is the cure for an unreadable record, not a reason to stop.
+            let entry = match Entry::read(id, value.value()) {
+                Ok(entry) => Some(entry),
+                // Deleting is the cure for an unreadable entry, not a reason to stop (its record,
+                // unknown, keeps its segment's count from reaching zero).
                 Err(error) => {
                     tracing::warn!(%error, "Deleting an unreadable stored transaction.");
                     None
                 }
             };
-            victims.push((id, indexed));
+            victims.push((id, entry));
         }
-        let mut indexes = Indexes::open(&txn)?;
-        for (id, indexed) in victims {
-            txs.remove(id).context("deleting a transaction")?;
-            if let Some((channel, status)) = indexed {
-                indexes.remove(id, &channel, status)?;
-            }
-            deleted += 1;
+        for (id, entry) in &victims {
+            tables.delete(*id, entry.as_ref())?;
         }
-    }
-    txn.commit().context("committing deletions")?;
+        tables.finish()?;
+        if !victims.is_empty() {
+            tables.prune_postings()?;
+        }
+        (victims.len() as u64, tables.live_segments()?)
+    };
+    inner.commit_durable(&mut log, txn, "committing deletions")?;
+    log.collect(&inner.segments, &live);
     Ok(deleted)
 }
 
@@ -787,8 +1681,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run("ping", |db| {
-            let txn = db.begin_read().context("beginning a read")?;
+        self.run("ping", |inner| {
+            let txn = inner.db.begin_read().context("beginning a read")?;
             txn.open_table(META).context("opening the meta table")?;
             Ok(())
         })
@@ -798,8 +1692,8 @@ impl Store for EmbeddedStore {
     // ----- documents -----
 
     async fn list(&self, collection: Collection) -> StoreResult<Vec<(String, Value)>> {
-        self.run("list documents", move |db| {
-            let txn = db.begin_read().context("beginning a read")?;
+        self.run("list documents", move |inner| {
+            let txn = inner.db.begin_read().context("beginning a read")?;
             let table = txn
                 .open_table(documents(collection))
                 .context("opening a document table")?;
@@ -819,8 +1713,8 @@ impl Store for EmbeddedStore {
 
     async fn get(&self, collection: Collection, id: &str) -> StoreResult<Option<Value>> {
         let id = id.to_owned();
-        self.run("get a document", move |db| {
-            let txn = db.begin_read().context("beginning a read")?;
+        self.run("get a document", move |inner| {
+            let txn = inner.db.begin_read().context("beginning a read")?;
             let table = txn
                 .open_table(documents(collection))
                 .context("opening a document table")?;
@@ -839,8 +1733,8 @@ impl Store for EmbeddedStore {
         let bytes = serde_json::to_vec(&document)
             .map_err(|e| StoreError::Backend(format!("encoding a document: {e}")))?;
         let sender = Arc::clone(&self.generation);
-        self.run("put a document", move |db| {
-            let txn = begin_write(db)?;
+        self.run("put a document", move |inner| {
+            let (mut log, txn) = inner.begin_durable()?;
             let next = {
                 txn.open_table(documents(collection))
                     .context("opening a document table")?
@@ -848,7 +1742,7 @@ impl Store for EmbeddedStore {
                     .context("writing a document")?;
                 bump_generation(&txn)?
             };
-            txn.commit().context("committing a document")?;
+            inner.commit_durable(&mut log, txn, "committing a document")?;
             announce(&sender, next);
             tracing::debug!(collection = collection.name(), %id, generation = next, "Stored a document.");
             Ok(())
@@ -859,8 +1753,8 @@ impl Store for EmbeddedStore {
     async fn delete(&self, collection: Collection, id: &str) -> StoreResult<bool> {
         let id = id.to_owned();
         let sender = Arc::clone(&self.generation);
-        self.run("delete a document", move |db| {
-            let txn = begin_write(db)?;
+        self.run("delete a document", move |inner| {
+            let (mut log, txn) = inner.begin_durable()?;
             let removed = txn
                 .open_table(documents(collection))
                 .context("opening a document table")?
@@ -871,7 +1765,7 @@ impl Store for EmbeddedStore {
                 return Ok(false);
             }
             let next = bump_generation(&txn)?;
-            txn.commit().context("committing a deletion")?;
+            inner.commit_durable(&mut log, txn, "committing a deletion")?;
             announce(&sender, next);
             tracing::debug!(collection = collection.name(), %id, generation = next, "Deleted a document.");
             Ok(true)
@@ -880,8 +1774,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn generation(&self) -> StoreResult<u64> {
-        self.run("read the generation", |db| {
-            let txn = db.begin_read().context("beginning a read")?;
+        self.run("read the generation", |inner| {
+            let txn = inner.db.begin_read().context("beginning a read")?;
             let meta = txn.open_table(META).context("opening the meta table")?;
             Ok(meta
                 .get(GENERATION)
@@ -906,15 +1800,19 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let written = self
-            .run("store transactions", move |db| put_transactions(db, &batch))
+            .run("store transactions", move |inner| {
+                put_transactions(inner, &batch)
+            })
             .await?;
         tracing::trace!(written, "Stored a batch of transactions.");
         Ok(())
     }
 
     async fn transaction(&self, id: Uuid) -> StoreResult<Option<Transaction>> {
-        self.run("read a transaction", move |db| get_transaction(db, id))
-            .await
+        self.run("read a transaction", move |inner| {
+            get_transaction(inner, id)
+        })
+        .await
     }
 
     async fn modify_transaction(
@@ -922,21 +1820,23 @@ impl Store for EmbeddedStore {
         id: Uuid,
         change: Box<dyn for<'a> FnOnce(&'a mut Transaction) + Send>,
     ) -> StoreResult<bool> {
-        self.run("modify a transaction", move |db| {
-            modify_transaction(db, id, change)
+        self.run("modify a transaction", move |inner| {
+            modify_transaction(inner, id, change)
         })
         .await
     }
 
     async fn list_transactions(&self, query: &TxQuery) -> StoreResult<Vec<Transaction>> {
         let query = query.clone();
-        self.run("list transactions", move |db| list_transactions(db, &query))
-            .await
+        self.run("list transactions", move |inner| {
+            list_transactions(inner, &query)
+        })
+        .await
     }
 
     async fn processing(&self, limit: usize) -> StoreResult<Vec<Uuid>> {
-        self.run("list processing transactions", move |db| {
-            processing(db, limit)
+        self.run("list processing transactions", move |inner| {
+            processing(inner, limit)
         })
         .await
     }
@@ -959,8 +1859,8 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<Culled> {
         let channel = channel_id.to_owned();
         let culled = self
-            .run("cull bodies", move |db| {
-                cull_bodies(db, &channel, after, before, limit)
+            .run("cull bodies", move |inner| {
+                cull_bodies(inner, &channel, after, before, limit)
             })
             .await?;
         tracing::debug!(
@@ -974,8 +1874,8 @@ impl Store for EmbeddedStore {
 
     async fn delete_transactions(&self, before: Uuid, limit: usize) -> StoreResult<u64> {
         let deleted = self
-            .run("delete transactions", move |db| {
-                delete_transactions(db, before, limit)
+            .run("delete transactions", move |inner| {
+                delete_transactions(inner, before, limit)
             })
             .await?;
         tracing::debug!(deleted, %before, "Deleted old transactions.");
@@ -986,8 +1886,8 @@ impl Store for EmbeddedStore {
 
     async fn state(&self, key: &str) -> StoreResult<Option<Value>> {
         let key = key.to_owned();
-        self.run("read state", move |db| {
-            let txn = db.begin_read().context("beginning a read")?;
+        self.run("read state", move |inner| {
+            let txn = inner.db.begin_read().context("beginning a read")?;
             let table = txn.open_table(STATE).context("opening the state table")?;
             let Some(value) = table.get(key.as_str()).context("reading state")? else {
                 return Ok(None);
@@ -1003,13 +1903,13 @@ impl Store for EmbeddedStore {
         let key = key.to_owned();
         let bytes = serde_json::to_vec(&value)
             .map_err(|e| StoreError::Backend(format!("encoding state: {e}")))?;
-        self.run("write state", move |db| {
-            let txn = begin_write(db)?;
+        self.run("write state", move |inner| {
+            let (mut log, txn) = inner.begin_durable()?;
             txn.open_table(STATE)
                 .context("opening the state table")?
                 .insert(key.as_str(), bytes.as_slice())
                 .context("writing state")?;
-            txn.commit().context("committing state")
+            inner.commit_durable(&mut log, txn, "committing state")
         })
         .await
     }
@@ -1028,7 +1928,192 @@ mod tests {
         (Arc::new(store), dir)
     }
 
+    /// Segments of a few records each, so that tests see segments come and go.
+    async fn small_segments() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), 4096).unwrap();
+        (Arc::new(store), dir)
+    }
+
     contract::store_contract_tests!(fresh());
+
+    mod with_small_segments {
+        use super::*;
+
+        contract::store_contract_tests!(small_segments());
+    }
+
+    #[test]
+    fn the_processing_code_is_processings() {
+        assert_eq!(Status::Processing.code(), PROCESSING_CODE);
+        assert_eq!(posted_codes().count(), Status::ALL.len() - 1);
+    }
+
+    /// Checks the bookkeeping against the entries: segment counts, the processing table, postings
+    /// for every record, records inside their segment files. Returns the number of segment files.
+    fn check(store: &EmbeddedStore) -> usize {
+        let inner = &store.inner;
+        let txn = inner.db.begin_read().unwrap();
+        let txs = txn.open_table(TRANSACTIONS).unwrap();
+        let mut counted: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut in_flight: BTreeMap<u128, u32> = BTreeMap::new();
+        let mut posted_needed: BTreeSet<(u32, u8, u128)> = BTreeSet::new();
+        let segments = inner.segments.load_full();
+        for entry in txs.iter().unwrap() {
+            let (id, value) = entry.unwrap();
+            let (id, entry) = (id.value(), Entry::read(id.value(), value.value()).unwrap());
+            let count = counted.entry(entry.at.segment).or_default();
+            count.0 += 1;
+            count.1 += u64::from(entry.at.len);
+            let file = segments
+                .get(&entry.at.segment)
+                .expect("the segment is open");
+            assert!(
+                file.metadata().unwrap().len() >= u64::from(entry.at.offset + entry.at.len),
+                "the record is inside its segment"
+            );
+            if entry.status == Status::Processing {
+                in_flight.insert(id, entry.channel);
+            } else {
+                posted_needed.insert((entry.channel, entry.status.code(), id));
+                posted_needed.insert((ANY_CHANNEL, entry.status.code(), id));
+            }
+        }
+        let table: BTreeMap<u32, (u64, u64)> = txn
+            .open_table(SEGMENTS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value())
+            })
+            .collect();
+        assert_eq!(table, counted, "segment counts match the entries");
+        let processing: BTreeMap<u128, u32> = txn
+            .open_table(PROCESSING)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value())
+            })
+            .collect();
+        assert_eq!(processing, in_flight, "the processing table is exact");
+        let mut posted: BTreeSet<(u32, u8, u128)> = BTreeSet::new();
+        for entry in txn.open_table(POSTINGS).unwrap().iter().unwrap() {
+            let (key, value) = entry.unwrap();
+            let key = key.value();
+            let channel = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+            let ids: Vec<u128> = posting_ids(value.value()).unwrap().collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ascending");
+            assert_eq!(ids.last(), Some(&id_of(key)), "keyed by the largest");
+            for id in ids {
+                posted.insert((channel, key[4], id));
+            }
+        }
+        let missing: Vec<_> = posted_needed.difference(&posted).collect();
+        assert!(missing.is_empty(), "every record is posted: {missing:?}");
+        std::fs::read_dir(store.path.parent().unwrap().join(LOG_DIR))
+            .unwrap()
+            .count()
+    }
+
+    fn current_segment_len(store: &EmbeddedStore) -> u64 {
+        store.inner.log().len
+    }
+
+    #[tokio::test]
+    async fn segments_are_counted_and_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), 8192).unwrap();
+        let finals: Vec<Transaction> = (0..40)
+            .map(|i| record(i, ["a", "b"][i as usize % 2], Status::Successful))
+            .collect();
+        let begun: Vec<Transaction> = finals[..20]
+            .iter()
+            .map(|tx| Transaction {
+                status: Status::Processing,
+                response: None,
+                ..tx.clone()
+            })
+            .collect();
+
+        put(&store, Stage::Begun, &begun).await;
+        assert_eq!(check(&store), 1);
+        put(&store, Stage::Final, &finals).await;
+        check(&store);
+        // A replayed batch writes nothing.
+        let len = current_segment_len(&store);
+        put(&store, Stage::Final, &finals).await;
+        put(&store, Stage::Begun, &begun).await;
+        assert_eq!(current_segment_len(&store), len, "a replay appends nothing");
+        check(&store);
+
+        // Batches of ~20 KB in segments of 8 KB: one segment per batch.
+        for n in 0..10u64 {
+            let batch: Vec<Transaction> = (0..40)
+                .map(|i| {
+                    record(
+                        1000 + n * 100 + i,
+                        ["c", "d"][i as usize % 2],
+                        Status::Failed,
+                    )
+                })
+                .collect();
+            put(&store, Stage::Final, &batch).await;
+        }
+        store.sync().await.unwrap();
+        let files = check(&store);
+        assert!(files >= 10, "{files} segments");
+
+        // A change and a cull write records of their own; the old ones count down their segments.
+        store
+            .modify_transaction(finals[5].id, Box::new(|tx| tx.worker = 5))
+            .await
+            .unwrap();
+        check(&store);
+        let culled = store
+            .cull_bodies("a", Uuid::nil(), Uuid::max(), 100)
+            .await
+            .unwrap();
+        assert_eq!(culled.changed, 20);
+        check(&store);
+
+        // Deleting everything, in steps, deletes every segment but the one being written.
+        assert_eq!(
+            store.delete_transactions(finals[10].id, 100).await.unwrap(),
+            10
+        );
+        check(&store);
+        assert_eq!(
+            store.delete_transactions(Uuid::max(), 1000).await.unwrap(),
+            430
+        );
+        assert_eq!(check(&store), 1, "only the current segment is left");
+        {
+            let txn = store.inner.db.begin_read().unwrap();
+            assert!(txn.open_table(POSTINGS).unwrap().is_empty().unwrap());
+            assert!(txn.open_table(SEGMENTS).unwrap().is_empty().unwrap());
+        }
+
+        // A segment left behind (a crash between the commit that emptied it and its deletion) is
+        // deleted when the store opens; the store goes on appending to its last segment.
+        let current = store.inner.log().current;
+        drop(store);
+        let stale = dir.path().join(LOG_DIR).join(segment_name(0));
+        std::fs::write(&stale, b"left over").unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), 8192).unwrap();
+        assert!(!stale.exists());
+        assert_eq!(store.inner.log().current, current);
+        put(&store, Stage::Final, &finals[..3]).await;
+        assert_eq!(
+            store.transaction(finals[2].id).await.unwrap().as_ref(),
+            Some(&finals[2])
+        );
+        check(&store);
+    }
 
     #[tokio::test]
     async fn a_reopened_store_keeps_everything() {
@@ -1054,6 +2139,7 @@ mod tests {
             store.set_state("k", json!([1, 2])).await.unwrap();
         }
         assert!(path.join(FILE_NAME).is_file());
+        assert!(path.join(LOG_DIR).join(segment_name(0)).is_file());
 
         let store = EmbeddedStore::open(&path).unwrap();
         assert_eq!(store.generation().await.unwrap(), 2);
@@ -1089,6 +2175,7 @@ mod tests {
             store.transaction(records[0].id).await.unwrap().as_ref(),
             Some(&records[0])
         );
+        check(&store);
     }
 
     #[tokio::test]
@@ -1100,23 +2187,35 @@ mod tests {
         let good = record(1, "a", Status::Successful);
         put(&store, Stage::Final, std::slice::from_ref(&good)).await;
         let bad = contract::id_at(2, 0);
-        let txn = store.db.begin_write().unwrap();
         {
-            let mut txs = txn.open_table(TRANSACTIONS).unwrap();
-            let mut value = Vec::new();
-            write_value(
-                &mut value,
-                Stage::Final,
-                Status::Failed,
-                "a",
-                b"\xc1 not msgpack",
-            )
-            .unwrap();
-            txs.insert(bad.as_u128(), value.as_slice()).unwrap();
-            txs.insert(contract::id_at(3, 0).as_u128(), &b"\x09"[..])
-                .unwrap();
+            // A readable entry whose record is not MessagePack, and an entry cut short.
+            let inner = &store.inner;
+            let mut log = inner.log();
+            let txn = inner.db.begin_write().unwrap();
+            let garbage = b"\xc1 not msgpack";
+            let (segment, offset) = log.reserve(&inner.segments, garbage.len() as u64).unwrap();
+            {
+                let mut tables = TxTables::open(&txn).unwrap();
+                let entry = Entry {
+                    stage: Stage::Final,
+                    status: Status::Failed,
+                    channel: tables.channel_number("a").unwrap(),
+                    at: Location {
+                        segment,
+                        offset,
+                        len: garbage.len() as u32,
+                    },
+                };
+                tables.write(bad.as_u128(), None, &entry).unwrap();
+                tables.finish().unwrap();
+                tables
+                    .txs
+                    .insert(contract::id_at(3, 0).as_u128(), &b"\x09"[..])
+                    .unwrap();
+            }
+            log.append(&[garbage]).unwrap();
+            txn.commit().unwrap();
         }
-        txn.commit().unwrap();
 
         let error = store.transaction(bad).await.unwrap_err();
         assert!(
@@ -1131,7 +2230,7 @@ mod tests {
             store.list_transactions(&newest_first).await,
             Err(StoreError::Corrupt(_))
         ));
-        // Writing a record over an unreadable one repairs it (at any stage when even the header
+        // Writing a record over an unreadable one repairs it (at any stage when even the entry
         // is unreadable); deleting removes it.
         let mut repaired = record(2, "a", Status::Successful);
         repaired.id = bad;
@@ -1144,7 +2243,41 @@ mod tests {
             Some(headless)
         );
         assert_eq!(contract::list_ids(&store, &newest_first).await.len(), 3);
+        check(&store);
         assert_eq!(store.delete_transactions(Uuid::max(), 10).await.unwrap(), 3);
+        assert_eq!(store.count_transactions().await.unwrap(), 0);
+        check(&store);
+    }
+
+    #[tokio::test]
+    async fn a_file_of_the_first_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What the first development versions wrote: transactions, and no layout mark.
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(TRANSACTIONS)
+                .unwrap()
+                .insert(1, &b"\x02\x02\x01\x00a\x80"[..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let error = EmbeddedStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt(m) if m.contains("earlier development version")),
+            "{error}"
+        );
+
+        // An empty store of that age just gets the mark.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(TRANSACTIONS).unwrap();
+            txn.commit().unwrap();
+        }
+        drop(EmbeddedStore::open(dir.path()).unwrap());
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.count_transactions().await.unwrap(), 0);
     }
 }
