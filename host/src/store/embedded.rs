@@ -130,9 +130,15 @@ struct Inner {
     log: Mutex<Log>,
     /// Every segment file, open for reading; replaced (not changed) when a segment comes or goes.
     segments: ArcSwap<Segments>,
+    /// Postings not in `tx_postings` yet: written by the next durable commit (see
+    /// [`Inner::commit_durable`]). Readers merge them with the table's.
+    recent: Mutex<Recent>,
 }
 
 type Segments = HashMap<u32, Arc<File>>;
+
+/// Ids to post, by channel number and status code.
+type Recent = BTreeMap<(u32, u8), Vec<u128>>;
 
 impl fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -220,6 +226,7 @@ impl EmbeddedStore {
                 db,
                 log: Mutex::new(log),
                 segments: ArcSwap::from_pointee(segments),
+                recent: Mutex::new(Recent::new()),
             }),
             path,
             generation: Arc::new(watch::channel(generation).0),
@@ -277,16 +284,43 @@ impl Inner {
         Ok((log, txn))
     }
 
-    /// Commits a durable write, the log synced first: the commit makes every earlier
-    /// `put_transactions` durable too, and their entries must not point at bytes a crash can lose.
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        // Postings are only ever added whole, so a panic cannot leave one half-written.
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits a durable write (its transaction must have no transaction table open), after
+    /// adding the recent postings to it and syncing the log: the commit makes every earlier
+    /// `put_transactions` durable too, whose entries must not point at bytes a crash can lose, and
+    /// whose postings must be in the table by then.
     fn commit_durable(
         &self,
         log: &mut Log,
         txn: WriteTransaction,
         what: &'static str,
     ) -> StoreResult<()> {
+        let mut recent = self.recent();
+        if !recent.is_empty() {
+            let mut postings = txn.open_table(POSTINGS).context("opening the postings")?;
+            let mut value = Vec::new();
+            for (&(channel, code), ids) in recent.iter() {
+                write_posting(&mut postings, channel, code, ids.clone(), &mut value)?;
+            }
+        }
         log.sync(&self.segments.load())?;
-        txn.commit().context(what)
+        txn.commit().context(what)?;
+        recent.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// Closing the database makes its pending non-durable commits durable (redb does that on
+    /// close), so the log and the recent postings they rely on must be on disk first: a last sync.
+    fn drop(&mut self) {
+        if let Err(error) = sync(self) {
+            tracing::error!(%error, "Could not sync the store as it closed.");
+        }
     }
 }
 
@@ -856,11 +890,15 @@ impl TxTables<'_> {
         released.1 += u64::from(at.len);
     }
 
-    /// Writes the postings and the segment counts gathered.
-    fn finish(&mut self) -> StoreResult<()> {
-        let mut value = Vec::new();
-        for ((channel, code), ids) in std::mem::take(&mut self.posts) {
-            self.post(channel, code, ids, &mut value)?;
+    /// Writes the segment counts gathered, and hands the postings to `recent` (where readers see
+    /// them at once, and the next durable commit writes them): postings of every write would
+    /// cost a page copy per channel and status each time.
+    fn finish(&mut self, recent: &Mutex<Recent>) -> StoreResult<()> {
+        if !self.posts.is_empty() {
+            let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, ids) in std::mem::take(&mut self.posts) {
+                recent.entry(key).or_default().extend(ids);
+            }
         }
         let touched: BTreeSet<u32> = self
             .added
@@ -901,45 +939,6 @@ impl TxTables<'_> {
         }
         self.added.clear();
         self.released.clear();
-        Ok(())
-    }
-
-    /// Writes one posting (joined with the one already under its key, which only happens when an
-    /// id is posted twice for one channel and status).
-    fn post(
-        &mut self,
-        channel: u32,
-        code: u8,
-        mut ids: Vec<u128>,
-        value: &mut Vec<u8>,
-    ) -> StoreResult<()> {
-        ids.sort_unstable();
-        ids.dedup();
-        let Some(&largest) = ids.last() else {
-            return Ok(());
-        };
-        let key = posting_key(channel, code, largest);
-        value.clear();
-        for id in &ids {
-            value.extend_from_slice(&id.to_be_bytes());
-        }
-        let earlier = self
-            .postings
-            .insert(&key, value.as_slice())
-            .context("writing a posting")?
-            .map(|old| old.value().to_vec());
-        if let Some(earlier) = earlier {
-            ids.extend(posting_ids(&earlier)?);
-            ids.sort_unstable();
-            ids.dedup();
-            value.clear();
-            for id in &ids {
-                value.extend_from_slice(&id.to_be_bytes());
-            }
-            self.postings
-                .insert(&key, value.as_slice())
-                .context("writing a posting")?;
-        }
         Ok(())
     }
 
@@ -997,6 +996,44 @@ impl TxTables<'_> {
         }
         Ok(())
     }
+}
+
+/// Writes one posting (joined with the one already under its key, which only happens when an id is
+/// posted twice for one channel and status).
+fn write_posting(
+    postings: &mut Table<'_, &'static [u8; 21], &'static [u8]>,
+    channel: u32,
+    code: u8,
+    mut ids: Vec<u128>,
+    value: &mut Vec<u8>,
+) -> StoreResult<()> {
+    ids.sort_unstable();
+    ids.dedup();
+    let Some(&largest) = ids.last() else {
+        return Ok(());
+    };
+    let key = posting_key(channel, code, largest);
+    value.clear();
+    for id in &ids {
+        value.extend_from_slice(&id.to_be_bytes());
+    }
+    let earlier = postings
+        .insert(&key, value.as_slice())
+        .context("writing a posting")?
+        .map(|old| old.value().to_vec());
+    if let Some(earlier) = earlier {
+        ids.extend(posting_ids(&earlier)?);
+        ids.sort_unstable();
+        ids.dedup();
+        value.clear();
+        for id in &ids {
+            value.extend_from_slice(&id.to_be_bytes());
+        }
+        postings
+            .insert(&key, value.as_slice())
+            .context("writing a posting")?;
+    }
+    Ok(())
 }
 
 /// What a batch record finds stored under its id.
@@ -1126,7 +1163,7 @@ fn put_transactions(inner: &Inner, batch: &[StoredTx]) -> StoreResult<usize> {
             tables.write(tx.id.as_u128(), old.as_ref(), entry)?;
             bytes.push(&tx.bytes);
         }
-        tables.finish()?;
+        tables.finish(&inner.recent)?;
         // Last, so that a failure before leaves nothing in the log; a failure after leaves bytes
         // nothing points to (the transaction is not committed).
         log.append(&bytes)?;
@@ -1191,7 +1228,7 @@ fn modify_transaction(
             },
         };
         tables.write(key, Some(&old), &new)?;
-        tables.finish()?;
+        tables.finish(&inner.recent)?;
         log.append(&[&bytes])?;
     }
     inner.commit_durable(&mut log, txn, "committing a changed transaction")?;
@@ -1435,14 +1472,11 @@ fn list_transactions(inner: &Inner, query: &TxQuery) -> StoreResult<Vec<Transact
     if query.limit == 0 || lo > hi {
         return Ok(Vec::new());
     }
-    let records = Records::new(inner);
-    let txn = inner.db.begin_read().context("beginning a read")?;
-    let txs = txn
-        .open_table(TRANSACTIONS)
-        .context("opening the transactions table")?;
+    // A channel's number never changes once given, so an earlier read may look it up.
     let channel = match query.channel_id.as_deref() {
         None => None,
         Some(channel) => {
+            let txn = inner.db.begin_read().context("beginning a read")?;
             let numbers = txn
                 .open_table(CHANNEL_NUMBERS)
                 .context("opening the channel numbers")?;
@@ -1453,10 +1487,30 @@ fn list_transactions(inner: &Inner, query: &TxQuery) -> StoreResult<Vec<Transact
             }
         }
     };
-    let mut page = Page::new(query, channel, records);
     let mut codes: Vec<u8> = query.statuses.iter().map(|s| s.code()).collect();
     codes.sort_unstable();
     codes.dedup();
+    if channel.is_some() && codes.is_empty() {
+        codes = Status::ALL.into_iter().map(Status::code).collect();
+    }
+    // The recent postings before the read transaction: a posting the durable commit moves to
+    // the table meanwhile is then seen twice (and given once), never missed.
+    let mut recent: Vec<u128> = Vec::new();
+    if !codes.is_empty() {
+        let posted = inner.recent();
+        for &code in codes.iter().filter(|&&c| c != PROCESSING_CODE) {
+            if let Some(ids) = posted.get(&(channel.unwrap_or(ANY_CHANNEL), code)) {
+                recent.extend(ids.iter().filter(|id| (lo..=hi).contains(*id)));
+            }
+        }
+    }
+    recent.sort_unstable();
+    let records = Records::new(inner);
+    let txn = inner.db.begin_read().context("beginning a read")?;
+    let txs = txn
+        .open_table(TRANSACTIONS)
+        .context("opening the transactions table")?;
+    let mut page = Page::new(query, channel, records);
     if channel.is_none() && codes.is_empty() {
         for entry in txs.range(lo..=hi).context("scanning transactions")?.rev() {
             let (id, value) = entry.context("scanning transactions")?;
@@ -1466,11 +1520,9 @@ fn list_transactions(inner: &Inner, query: &TxQuery) -> StoreResult<Vec<Transact
         }
         return Ok(page.out);
     }
-    if codes.is_empty() {
-        codes = Status::ALL.into_iter().map(Status::code).collect();
-    }
     let postings = txn.open_table(POSTINGS).context("opening the postings")?;
     let mut candidates = Candidates::new(lo, hi);
+    candidates.add_cursor(Cursor::Ids(recent))?;
     for code in codes {
         if code == PROCESSING_CODE {
             let processing = txn
@@ -1620,7 +1672,7 @@ fn cull_bodies(
                 offset += len;
                 tables.write(*id, Some(old), &new)?;
             }
-            tables.finish()?;
+            tables.finish(&inner.recent)?;
             let bytes: Vec<&[u8]> = changed.iter().map(|(_, _, b)| b.as_slice()).collect();
             log.append(&bytes)?;
         }
@@ -1663,7 +1715,7 @@ fn delete_transactions(inner: &Inner, before: Uuid, limit: usize) -> StoreResult
         for (id, entry) in &victims {
             tables.delete(*id, entry.as_ref())?;
         }
-        tables.finish()?;
+        tables.finish(&inner.recent)?;
         if !victims.is_empty() {
             tables.prune_postings()?;
         }
@@ -2013,6 +2065,11 @@ mod tests {
                 posted.insert((channel, key[4], id));
             }
         }
+        for (&(channel, code), ids) in inner.recent().iter() {
+            for &id in ids {
+                posted.insert((channel, code, id));
+            }
+        }
         let missing: Vec<_> = posted_needed.difference(&posted).collect();
         assert!(missing.is_empty(), "every record is posted: {missing:?}");
         std::fs::read_dir(store.path.parent().unwrap().join(LOG_DIR))
@@ -2116,6 +2173,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_closed_without_a_sync_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<Transaction> = (0..10)
+            .map(|i| record(i, ["a", "b"][i as usize % 2], Status::Failed))
+            .collect();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            put(&store, Stage::Final, &records).await;
+            assert!(!store.inner.recent().is_empty(), "postings wait for a sync");
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let failed_in_a = TxQuery {
+            channel_id: Some("a".into()),
+            statuses: vec![Status::Failed],
+            limit: 100,
+            ..TxQuery::default()
+        };
+        assert_eq!(contract::list_ids(&store, &failed_in_a).await.len(), 5);
+        check(&store);
+        let txn = store.inner.db.begin_read().unwrap();
+        assert!(!txn.open_table(POSTINGS).unwrap().is_empty().unwrap());
+    }
+
+    #[tokio::test]
     async fn a_reopened_store_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not").join("there");
@@ -2207,7 +2288,7 @@ mod tests {
                     },
                 };
                 tables.write(bad.as_u128(), None, &entry).unwrap();
-                tables.finish().unwrap();
+                tables.finish(&inner.recent).unwrap();
                 tables
                     .txs
                     .insert(contract::id_at(3, 0).as_u128(), &b"\x09"[..])
