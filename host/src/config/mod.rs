@@ -153,7 +153,8 @@ pub struct Log {
 /// `[store]`: where Mediary keeps its state.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Folder of the embedded store (`mediary.redb`) and the transaction spool (`spool/`). Relative
+    /// Folder of the embedded store (`mediary.redb` and its record log `records/`) and the
+    /// transaction spool (`spool/`). Relative
     /// paths are relative to the config file's folder. Default `data` (`config/default.toml` sets
     /// `../data`, i.e. `data/` beside `config/`). Created if missing.
     pub data_dir: PathBuf,
