@@ -31,6 +31,12 @@
 //! (the copy above, the runtime's hand-offs). Nothing else runs while timed.
 //!
 //! Run: `cargo bench -p mediary --bench tx_write`.
+//!
+//! To compare with another version of the store (say the committed one), build this benchmark
+//! against it in a copy of the tree (`git archive HEAD | tar -x -C /tmp/before`, copy `benches/`
+//! and the `[[bench]]` entries over, `CARGO_TARGET_DIR=/tmp/before/target cargo bench -p mediary
+//! --bench tx_write --no-run`), then run both binaries alternately, several times: on a shared
+//! machine one run's noise is larger than many differences (the kernel's share varies most).
 
 mod common;
 
@@ -122,7 +128,7 @@ struct Run {
     sync_times: Vec<Duration>,
 }
 
-/// Writes `batches` as the drainer does: one call each, a sync at least every second and at the end.
+/// Writes `batches` as the drainer does: a call each, a sync at least every second and at the end.
 fn write(
     runtime: &tokio::runtime::Runtime,
     store: &Arc<dyn Store>,
