@@ -21,7 +21,7 @@ use regex::Regex;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Collection, ResponseStatus, Store, StoredTx, TxQuery};
+use super::{Collection, ResponseStatus, Store, StoreError, StoredTx, TxQuery};
 use crate::transaction::{
     Body, Exchange, Headers, RequestRecord, ResponseRecord, Stage, Status, Timestamp, Transaction,
 };
@@ -48,6 +48,12 @@ macro_rules! store_contract_tests {
             listings_after_churn => case_listings_after_churn,
             state => case_state,
             empty_store => case_empty_store,
+            blobs => case_blobs,
+            kv_basics => case_kv_basics,
+            kv_namespaces => case_kv_namespaces,
+            kv_expiry => case_kv_expiry,
+            kv_increment => case_kv_increment,
+            kv_compare_and_set => case_kv_compare_and_set,
         );
     };
     (@cases $make:expr; $($test:ident => $case:ident),* $(,)?) => {
@@ -126,6 +132,8 @@ pub fn record(ms: u64, channel: &str, status: Status) -> Transaction {
         worker: 0,
         instance: "test".into(),
         duration_ms: response_status.map(|_| 5.0),
+        plugin: None,
+        plugin_log: Vec::new(),
     }
 }
 
@@ -1310,5 +1318,422 @@ pub async fn case_empty_store(store: Arc<dyn Store>) {
             .modify_transaction(id_at(1, 0), Box::new(|_| {}))
             .await
             .unwrap()
+    );
+}
+
+// ----- blobs -----
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub async fn case_blobs(store: Arc<dyn Store>) {
+    let generation = store.generation().await.unwrap();
+    let changes = store.subscribe();
+    // Every byte value, and big enough to span pages.
+    let big = Bytes::from((0..=255u8).cycle().take(300_000).collect::<Vec<u8>>());
+    let small = Bytes::from_static(b"\0asm\x01\0\0\0");
+    let empty = Bytes::new();
+    let (big_digest, small_digest, empty_digest) =
+        (sha256_hex(&big), sha256_hex(&small), sha256_hex(&empty));
+
+    assert_eq!(store.blob(&big_digest).await.unwrap(), None);
+    assert!(!store.delete_blob(&big_digest).await.unwrap());
+
+    store.put_blob(&big_digest, big.clone()).await.unwrap();
+    store.put_blob(&small_digest, small.clone()).await.unwrap();
+    store.put_blob(&empty_digest, empty.clone()).await.unwrap();
+    assert_eq!(store.blob(&big_digest).await.unwrap(), Some(big.clone()));
+    assert_eq!(
+        store.blob(&small_digest).await.unwrap(),
+        Some(small.clone())
+    );
+    assert_eq!(store.blob(&empty_digest).await.unwrap(), Some(empty));
+
+    // The same blob again changes nothing.
+    store.put_blob(&big_digest, big.clone()).await.unwrap();
+    assert_eq!(store.blob(&big_digest).await.unwrap(), Some(big));
+
+    assert_eq!(
+        store.generation().await.unwrap(),
+        generation,
+        "blobs are not configuration"
+    );
+    assert!(!changes.has_changed().unwrap());
+
+    assert!(store.delete_blob(&big_digest).await.unwrap());
+    assert_eq!(store.blob(&big_digest).await.unwrap(), None);
+    assert!(!store.delete_blob(&big_digest).await.unwrap());
+    assert_eq!(store.blob(&small_digest).await.unwrap(), Some(small));
+    assert_eq!(store.generation().await.unwrap(), generation);
+}
+
+// ----- plugin key-value -----
+
+/// A TTL that runs out within a test, yet outlasts the few calls made right after setting it.
+const SHORT_TTL: Duration = Duration::from_millis(100);
+/// Longer than [`SHORT_TTL`], with room for a slow wake-up.
+const PAST_SHORT_TTL: Duration = Duration::from_millis(160);
+const LONG_TTL: Duration = Duration::from_secs(600);
+
+fn b(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+pub async fn case_kv_basics(store: Arc<dyn Store>) {
+    let generation = store.generation().await.unwrap();
+    let ns = "channel-1";
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), None);
+    assert!(!store.kv_delete(ns, "k").await.unwrap());
+
+    store.kv_set(ns, "k", b("one"), None).await.unwrap();
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), Some(b("one")));
+    store.kv_set(ns, "k", b("two"), None).await.unwrap();
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), Some(b("two")));
+    assert!(store.kv_delete(ns, "k").await.unwrap());
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), None);
+    assert!(!store.kv_delete(ns, "k").await.unwrap());
+
+    // Values are bytes, any of them; an empty value is a value.
+    let every_byte = Bytes::from((0..=255u8).rev().collect::<Vec<u8>>());
+    let values = [
+        ("nul", Bytes::from_static(b"\0")),
+        ("ff", Bytes::from_static(b"\xff\xfe\0\x00a")),
+        ("every byte", every_byte),
+        ("empty", Bytes::new()),
+        ("big", Bytes::from(vec![0xa5; 64 * 1024])),
+    ];
+    for (key, value) in &values {
+        store.kv_set(ns, key, value.clone(), None).await.unwrap();
+    }
+    for (key, value) in &values {
+        assert_eq!(
+            store.kv_get(ns, key).await.unwrap().as_ref(),
+            Some(value),
+            "{key}"
+        );
+    }
+    // Keys are any string.
+    for key in ["", "with\0nul", "ключ", "a:b:c"] {
+        store.kv_set(ns, key, b(key), None).await.unwrap();
+    }
+    for key in ["", "with\0nul", "ключ", "a:b:c"] {
+        assert_eq!(
+            store.kv_get(ns, key).await.unwrap(),
+            Some(b(key)),
+            "{key:?}"
+        );
+    }
+    assert!(store.kv_delete(ns, "").await.unwrap());
+    assert_eq!(
+        store.kv_get(ns, "with\0nul").await.unwrap(),
+        Some(b("with\0nul"))
+    );
+
+    assert_eq!(
+        store.generation().await.unwrap(),
+        generation,
+        "key-value entries are not configuration"
+    );
+}
+
+pub async fn case_kv_namespaces(store: Arc<dyn Store>) {
+    // Pairs that a plain `namespace:key` would run together.
+    let pairs = [
+        ("a", "b:c"),
+        ("a:b", "c"),
+        ("a", "bc"),
+        ("ab", "c"),
+        ("", "abc"),
+        ("abc", ""),
+        ("a\0", "b"),
+        ("a", "\0b"),
+    ];
+    for (i, (ns, key)) in pairs.iter().enumerate() {
+        store
+            .kv_set(ns, key, Bytes::from(vec![i as u8]), None)
+            .await
+            .unwrap();
+    }
+    for (i, (ns, key)) in pairs.iter().enumerate() {
+        assert_eq!(
+            store.kv_get(ns, key).await.unwrap(),
+            Some(Bytes::from(vec![i as u8])),
+            "{ns:?} {key:?}"
+        );
+    }
+    // Each operation stays in its namespace.
+    assert!(store.kv_delete("a", "b:c").await.unwrap());
+    assert_eq!(store.kv_get("a", "b:c").await.unwrap(), None);
+    assert_eq!(
+        store.kv_get("a:b", "c").await.unwrap(),
+        Some(Bytes::from(vec![1]))
+    );
+    assert_eq!(store.kv_increment("x", "n", 5, None).await.unwrap(), 5);
+    assert_eq!(store.kv_increment("y", "n", 1, None).await.unwrap(), 1);
+    assert_eq!(store.kv_get("x", "n").await.unwrap(), Some(b("5")));
+    assert!(
+        store
+            .kv_compare_and_set("x", "m", None, b("x"), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .kv_compare_and_set("y", "m", None, b("y"), None)
+            .await
+            .unwrap(),
+        "another namespace's key is not there"
+    );
+    assert_eq!(store.kv_get("x", "m").await.unwrap(), Some(b("x")));
+    assert_eq!(store.kv_get("y", "m").await.unwrap(), Some(b("y")));
+}
+
+pub async fn case_kv_expiry(store: Arc<dyn Store>) {
+    let ns = "ttl";
+    store
+        .kv_set(ns, "short", b("1"), Some(SHORT_TTL))
+        .await
+        .unwrap();
+    store
+        .kv_set(ns, "long", b("2"), Some(LONG_TTL))
+        .await
+        .unwrap();
+    // `None` removes an expiry; a TTL adds one.
+    store
+        .kv_set(ns, "cleared", b("3"), Some(SHORT_TTL))
+        .await
+        .unwrap();
+    store.kv_set(ns, "cleared", b("4"), None).await.unwrap();
+    store.kv_set(ns, "gains", b("5"), None).await.unwrap();
+    store
+        .kv_set(ns, "gains", b("6"), Some(SHORT_TTL))
+        .await
+        .unwrap();
+    // An existing counter keeps its expiry, or its lack of one.
+    assert_eq!(
+        store
+            .kv_increment(ns, "counter", 1, Some(SHORT_TTL))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .kv_increment(ns, "counter", 1, Some(LONG_TTL))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.kv_increment(ns, "kept", 5, None).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .kv_increment(ns, "kept", 1, Some(SHORT_TTL))
+            .await
+            .unwrap(),
+        6
+    );
+    // A compare-and-set sets the TTL given, like a set.
+    store.kv_set(ns, "swapped", b("a"), None).await.unwrap();
+    assert!(
+        store
+            .kv_compare_and_set(ns, "swapped", Some(b("a")), b("b"), Some(SHORT_TTL))
+            .await
+            .unwrap()
+    );
+    store
+        .kv_set(ns, "old", b("old"), Some(SHORT_TTL))
+        .await
+        .unwrap();
+    store
+        .kv_set(ns, "doomed", b("x"), Some(SHORT_TTL))
+        .await
+        .unwrap();
+    assert_eq!(store.kv_get(ns, "short").await.unwrap(), Some(b("1")));
+    assert_eq!(store.kv_get(ns, "swapped").await.unwrap(), Some(b("b")));
+
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+
+    assert_eq!(store.kv_get(ns, "short").await.unwrap(), None);
+    assert_eq!(store.kv_get(ns, "long").await.unwrap(), Some(b("2")));
+    assert_eq!(store.kv_get(ns, "cleared").await.unwrap(), Some(b("4")));
+    assert_eq!(store.kv_get(ns, "gains").await.unwrap(), None);
+    assert_eq!(store.kv_get(ns, "counter").await.unwrap(), None);
+    assert_eq!(store.kv_get(ns, "kept").await.unwrap(), Some(b("6")));
+    assert_eq!(store.kv_get(ns, "swapped").await.unwrap(), None);
+    // Expired is absent to every operation.
+    assert!(!store.kv_delete(ns, "doomed").await.unwrap());
+    assert_eq!(store.kv_get(ns, "doomed").await.unwrap(), None);
+    assert_eq!(
+        store
+            .kv_increment(ns, "counter", 1, Some(LONG_TTL))
+            .await
+            .unwrap(),
+        1,
+        "an expired counter starts again from 0"
+    );
+    assert!(
+        !store
+            .kv_compare_and_set(ns, "old", Some(b("old")), b("new"), None)
+            .await
+            .unwrap(),
+        "an expired value does not match"
+    );
+    assert!(
+        store
+            .kv_compare_and_set(ns, "old", None, b("new"), None)
+            .await
+            .unwrap(),
+        "an expired key counts as absent"
+    );
+    assert_eq!(store.kv_get(ns, "old").await.unwrap(), Some(b("new")));
+    store.kv_set(ns, "short", b("again"), None).await.unwrap();
+    assert_eq!(store.kv_get(ns, "short").await.unwrap(), Some(b("again")));
+
+    // Whatever was rewritten keeps its new expiry (none, or a long one).
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert_eq!(store.kv_get(ns, "short").await.unwrap(), Some(b("again")));
+    assert_eq!(store.kv_get(ns, "old").await.unwrap(), Some(b("new")));
+    assert_eq!(store.kv_get(ns, "counter").await.unwrap(), Some(b("1")));
+}
+
+pub async fn case_kv_increment(store: Arc<dyn Store>) {
+    let ns = "n";
+    assert_eq!(store.kv_increment(ns, "c", 5, None).await.unwrap(), 5);
+    assert_eq!(store.kv_get(ns, "c").await.unwrap(), Some(b("5")));
+    assert_eq!(store.kv_increment(ns, "c", 3, None).await.unwrap(), 8);
+    assert_eq!(store.kv_increment(ns, "c", -10, None).await.unwrap(), -2);
+    assert_eq!(store.kv_increment(ns, "c", 0, None).await.unwrap(), -2);
+    assert_eq!(store.kv_get(ns, "c").await.unwrap(), Some(b("-2")));
+    assert_eq!(
+        store.kv_increment(ns, "negative", -3, None).await.unwrap(),
+        -3
+    );
+
+    // Values set by hand count when they are canonical decimal integers.
+    for (text, delta, sum) in [
+        ("0", 1, 1),
+        ("-7", 1, -6),
+        ("41", 1, 42),
+        ("9223372036854775806", 1, i64::MAX),
+        ("-9223372036854775807", -1, i64::MIN),
+    ] {
+        store.kv_set(ns, "set", b(text), None).await.unwrap();
+        assert_eq!(
+            store.kv_increment(ns, "set", delta, None).await.unwrap(),
+            sum,
+            "{text}"
+        );
+        assert_eq!(
+            store.kv_get(ns, "set").await.unwrap(),
+            Some(b(&sum.to_string()))
+        );
+    }
+
+    // Anything else is not an integer, and stays as it was.
+    let not_integers: [&[u8]; 14] = [
+        b"abc",
+        b"",
+        b"1.5",
+        b" 1",
+        b"1 ",
+        b"+1",
+        b"01",
+        b"-0",
+        b"-",
+        b"0x10",
+        b"1e3",
+        b"\xff",
+        b"1\0",
+        b"9223372036854775808",
+    ];
+    for value in not_integers {
+        let value = Bytes::copy_from_slice(value);
+        store.kv_set(ns, "bad", value.clone(), None).await.unwrap();
+        let error = store.kv_increment(ns, "bad", 1, None).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::NotAnInteger),
+            "{value:?}: {error}"
+        );
+        assert_eq!(store.kv_get(ns, "bad").await.unwrap(), Some(value));
+    }
+
+    // Overflow either way is refused the same way, and changes nothing.
+    for (start, delta) in [(i64::MAX, 1), (i64::MIN, -1), (1, i64::MAX), (-2, i64::MIN)] {
+        store
+            .kv_set(ns, "edge", b(&start.to_string()), None)
+            .await
+            .unwrap();
+        let error = store
+            .kv_increment(ns, "edge", delta, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::NotAnInteger),
+            "{start} + {delta}: {error}"
+        );
+        assert_eq!(
+            store.kv_get(ns, "edge").await.unwrap(),
+            Some(b(&start.to_string()))
+        );
+    }
+    assert_eq!(
+        store
+            .kv_increment(ns, "fresh", i64::MIN, None)
+            .await
+            .unwrap(),
+        i64::MIN
+    );
+}
+
+pub async fn case_kv_compare_and_set(store: Arc<dyn Store>) {
+    let ns = "cas";
+    let cas = |expected: Option<&str>, value: &str| {
+        let store = Arc::clone(&store);
+        let (expected, value) = (expected.map(b), b(value));
+        async move {
+            store
+                .kv_compare_and_set(ns, "k", expected, value, None)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(cas(None, "a").await, "absent: set");
+    assert!(!cas(None, "b").await, "present: not absent");
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), Some(b("a")));
+    assert!(cas(Some("a"), "b").await, "match: set");
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), Some(b("b")));
+    assert!(!cas(Some("a"), "c").await, "mismatch");
+    assert!(!cas(Some("b\0"), "c").await, "mismatch by a byte");
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), Some(b("b")));
+
+    // An empty value is present, not absent.
+    assert!(cas(Some("b"), "").await);
+    assert!(!cas(None, "x").await);
+    assert!(cas(Some(""), "x").await);
+
+    // A deleted key is absent again.
+    assert!(store.kv_delete(ns, "k").await.unwrap());
+    assert!(!cas(Some("x"), "y").await);
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), None);
+    assert!(cas(None, "z").await);
+    assert_eq!(store.kv_get(ns, "k").await.unwrap(), Some(b("z")));
+
+    // Arbitrary bytes compare as bytes.
+    let odd = Bytes::from_static(b"\0\xff\x80");
+    store.kv_set(ns, "bytes", odd.clone(), None).await.unwrap();
+    assert!(
+        store
+            .kv_compare_and_set(ns, "bytes", Some(odd), Bytes::from_static(b"\xff"), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.kv_get(ns, "bytes").await.unwrap(),
+        Some(Bytes::from_static(b"\xff"))
     );
 }

@@ -27,6 +27,12 @@
 //!   (that status is transient, so postings of it would be mostly stale).
 //! - `tx_segments`: segment number → live records and live bytes in that log segment.
 //! - `meta["tx_layout"]`: the version of this transaction layout; `state`: key → JSON.
+//! - `blobs`: digest → bytes.
+//! - `kv`: `[namespace length u32][namespace][key]` (big-endian) → `[expires u64][value]`
+//!   (little-endian; expires: milliseconds since the epoch, 0 for never). The length keeps the
+//!   pairs apart: namespace `a` with key `b:c` is not namespace `a:b` with key `c`.
+//! - `kv_expiry`: `[expires u64][kv key]` (big-endian) → `()` for every entry that expires:
+//!   the entries to purge, soonest first.
 //!
 //! `records/NNNNNNNNNN.log`: the log segments, appended to and never modified. A segment is
 //! started when the current one passes [`SEGMENT_BYTES`], and deleted once no entry points into it
@@ -57,6 +63,13 @@
 //! segment files before their read transaction, so a segment deleted meanwhile stays readable for
 //! them. A backup must copy both `mediary.redb` and `records/`, the store stopped.
 //!
+//! Plugin key-value writes commit without fsync too: one per request would cost the proxy more
+//! than the plugin's work. Unlike the recorder, nothing calls `sync` for them, so each marks the
+//! store dirty ([`Pending`]) and a thread of the store's own makes a durable commit
+//! [`FLUSH_AFTER`] later, unless another durable commit (the recorder's `sync`, a document write)
+//! came first and covered them. A crash loses at most about that much of them. Blobs, written
+//! rarely and relied on by the plugin document written next, commit durably.
+//!
 //! # Space
 //!
 //! A replaced, culled or deleted record's bytes stay in its segment until the whole segment is
@@ -64,6 +77,11 @@
 //! records deleted oldest first) that is a few percent. Culling the bodies of some channels but
 //! not others frees nothing while the kept channels' records share the segments; there is no
 //! compaction yet (`tx_segments` counts the live bytes it would need to choose segments).
+//!
+//! Expired key-value entries read as absent, but a read cannot delete them; every key-value write
+//! deletes up to [`KV_PURGE`] of them, soonest expired first, and writing or deleting an expired
+//! key replaces it. A rate limiter makes a key per window and client; the purge outpaces that,
+//! so expired entries do not pile up.
 //!
 //! redb is synchronous, so every call runs on tokio's blocking pool; the callers' (current-thread)
 //! runtimes never wait on the disk.
@@ -75,10 +93,13 @@ use std::io::{IoSlice, Write as _};
 use std::ops::{Bound, ControlFlow};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use redb::{
     AccessGuard, Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     Table, TableDefinition, WriteTransaction,
@@ -87,8 +108,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{Collection, Culled, Store, StoreError, StoreResult, StoredTx, TxQuery};
-use crate::transaction::{RequestRecord, ResponseRecord, Stage, Status, Transaction};
+use super::{Collection, Culled, Store, StoreError, StoreResult, StoredTx, TxQuery, ttl_millis};
+use crate::transaction::{RequestRecord, ResponseRecord, Stage, Status, Timestamp, Transaction};
 
 /// The database file inside the data directory.
 pub const FILE_NAME: &str = "mediary.redb";
@@ -97,6 +118,12 @@ pub const LOG_DIR: &str = "records";
 /// A log segment is closed (and a new one started) once it holds this many bytes. Space comes back
 /// a segment at a time, when nothing in it is alive.
 pub const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+/// How long after a key-value write the store makes it durable, unless something else did first:
+/// long enough that a busy rate limiter costs one durable commit a second, not one per request.
+pub const FLUSH_AFTER: Duration = Duration::from_secs(1);
+/// The most expired key-value entries one write deletes: more than a write creates, so they never
+/// pile up, and few enough that no write waits long for it.
+const KV_PURGE: usize = 16;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
@@ -104,6 +131,9 @@ const GENERATION: &str = "generation";
 const TX_LAYOUT: &str = "tx_layout";
 const TX_LAYOUT_VERSION: u64 = 2;
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const KV_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv_expiry");
 
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_channels");
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_clients");
@@ -136,19 +166,25 @@ pub struct EmbeddedStore {
     /// Held here (not in the blocking tasks) so that receivers outlive any one write; shared with
     /// the tasks so the new generation is sent even if the caller stops waiting after the commit.
     generation: Arc<watch::Sender<u64>>,
+    /// The thread that makes key-value writes durable (see [`Pending`]); stopped and joined when
+    /// the store is dropped, so that the last sync happens as the store closes, not after.
+    flusher: Option<JoinHandle<()>>,
 }
 
 /// What the blocking halves share.
 struct Inner {
     db: Database,
-    /// The log's writing end. Every write transaction holds it from its start to its commit (redb
-    /// has one writer at a time anyway), so a durable commit can sync the log first.
+    /// The log's writing end. Every write transaction that appends to the log or commits durably
+    /// holds it from its start to its commit (redb has one writer at a time anyway), so a durable
+    /// commit can sync the log first. Key-value writes do neither, and do not take it.
     log: Mutex<Log>,
     /// Every segment file, open for reading; replaced (not changed) when a segment comes or goes.
     segments: ArcSwap<Segments>,
     /// Postings not in `tx_postings` yet: written by the next durable commit (see
     /// [`Inner::commit_durable`]). Readers merge them with the table's.
     recent: Mutex<Recent>,
+    /// Whether key-value writes wait for a durable commit; shared with the flusher thread.
+    pending: Arc<Pending>,
 }
 
 type Segments = HashMap<u32, Arc<File>>;
@@ -168,10 +204,14 @@ impl fmt::Debug for EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir` (file `mediary.redb`, folder `records/`).
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        EmbeddedStore::open_with(dir, SEGMENT_BYTES)
+        EmbeddedStore::open_with(dir, SEGMENT_BYTES, FLUSH_AFTER)
     }
 
-    fn open_with(dir: &Path, segment_bytes: u64) -> Result<EmbeddedStore, StoreError> {
+    fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        flush_after: Duration,
+    ) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create the data directory {}: {e}",
@@ -190,6 +230,8 @@ impl EmbeddedStore {
                     .context("creating a document table")?;
             }
             txn.open_table(STATE).context("creating the state table")?;
+            txn.open_table(BLOBS).context("creating the blob table")?;
+            KvTables::open(&txn)?;
             let tables = TxTables::open(&txn)?;
             let mut meta = txn.open_table(META).context("creating the meta table")?;
             let generation = meta
@@ -237,15 +279,26 @@ impl EmbeddedStore {
             segments = segments.len(),
             "Opened the embedded store."
         );
+        let pending = Arc::new(Pending::default());
+        let inner = Arc::new(Inner {
+            db,
+            log: Mutex::new(log),
+            segments: ArcSwap::from_pointee(segments),
+            recent: Mutex::new(Recent::new()),
+            pending: Arc::clone(&pending),
+        });
+        let flusher = {
+            let inner = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("store-flush".into())
+                .spawn(move || flush(&inner, &pending, flush_after))
+                .map_err(|e| StoreError::Backend(format!("cannot start the flush thread: {e}")))?
+        };
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner {
-                db,
-                log: Mutex::new(log),
-                segments: ArcSwap::from_pointee(segments),
-                recent: Mutex::new(Recent::new()),
-            }),
+            inner,
             path,
             generation: Arc::new(watch::channel(generation).0),
+            flusher: Some(flusher),
         })
     }
 
@@ -324,9 +377,105 @@ impl Inner {
             }
         }
         log.sync(&self.segments.load())?;
-        txn.commit().context(what)?;
+        // Cleared inside the transaction: a key-value write marks the store inside its own, so
+        // none can slip between the clearing and the commit.
+        let pending = self.pending.take();
+        if let Err(error) = txn.commit() {
+            if pending {
+                self.pending.mark();
+            }
+            return Err(error).context(what);
+        }
         recent.clear();
         Ok(())
+    }
+}
+
+impl Drop for EmbeddedStore {
+    /// Stops the flusher before `Inner` goes, so that `Inner`'s last sync runs here, and the file
+    /// is closed (and may be opened again) when the store is dropped.
+    fn drop(&mut self) {
+        self.inner.pending.close();
+        if let Some(flusher) = self.flusher.take()
+            && flusher.join().is_err()
+        {
+            tracing::error!("The store's flush thread panicked.");
+        }
+    }
+}
+
+/// Whether non-durable writes that nobody else will sync (key-value writes; the recorder syncs its
+/// own) wait for a durable commit, and how the flusher thread learns of it.
+#[derive(Debug, Default)]
+struct Pending {
+    state: Mutex<PendingState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    /// A key-value write committed (or is about to) since the last durable commit.
+    dirty: bool,
+    /// The store is being dropped: the flusher stops (the drop syncs).
+    closing: bool,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, PendingState> {
+        // Two booleans, each set whole.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes a non-durable commit; called inside its write transaction.
+    fn mark(&self) {
+        let mut state = self.lock();
+        if !state.dirty {
+            state.dirty = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Clears the mark for a durable commit about to be made; whether it was set.
+    fn take(&self) -> bool {
+        std::mem::take(&mut self.lock().dirty)
+    }
+
+    fn close(&self) {
+        self.lock().closing = true;
+        self.wake.notify_one();
+    }
+}
+
+/// The flusher thread: a durable commit `after` the first key-value write that no durable commit
+/// has covered yet. Holds the store only while it syncs, so that dropping the store closes it.
+fn flush(inner: &Weak<Inner>, pending: &Pending, after: Duration) {
+    loop {
+        {
+            let state = pending.lock();
+            let state = pending
+                .wake
+                .wait_while(state, |s| !s.dirty && !s.closing)
+                .unwrap_or_else(PoisonError::into_inner);
+            // Writes gather for a while: one durable commit per `after`, however many writes.
+            let (state, _) = pending
+                .wake
+                .wait_timeout_while(state, after, |s| !s.closing)
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.closing {
+                return;
+            }
+            if !state.dirty {
+                // Another durable commit covered them.
+                continue;
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // On failure the mark stays, and the next round tries again.
+        if let Err(error) = sync(&inner) {
+            tracing::warn!(%error, "Could not make key-value writes durable; retrying.");
+        }
     }
 }
 
@@ -1759,6 +1908,275 @@ fn delete_transactions(inner: &Inner, before: Uuid, limit: usize) -> StoreResult
     Ok(deleted)
 }
 
+// ----- plugin key-value -----
+
+/// A `kv` key: the namespace's length, the namespace, the key.
+fn kv_key(namespace: &str, key: &str) -> StoreResult<Vec<u8>> {
+    let len = u32::try_from(namespace.len())
+        .map_err(|_| StoreError::Backend("a key-value namespace over 4 GiB".into()))?;
+    let mut out = Vec::with_capacity(4 + namespace.len() + key.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(namespace.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    Ok(out)
+}
+
+/// A `kv_expiry` key.
+fn kv_expiry_key(expires: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&expires.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// A `kv` value split into when it expires (0: never) and the value proper.
+fn kv_entry(stored: &[u8]) -> StoreResult<(u64, &[u8])> {
+    match stored.split_first_chunk::<8>() {
+        Some((expires, value)) => Ok((u64::from_le_bytes(*expires), value)),
+        None => Err(StoreError::Corrupt(format!(
+            "a key-value entry of {} bytes, shorter than its expiry",
+            stored.len()
+        ))),
+    }
+}
+
+fn kv_live(expires: u64, now: u64) -> bool {
+    expires == 0 || now < expires
+}
+
+/// When a value written at `now` with `ttl` expires (0: never).
+fn kv_expires(now: u64, ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |ttl| now.saturating_add(ttl_millis(ttl)))
+}
+
+/// The integer in `value` if it is one in canonical decimal form, as Redis' `INCRBY` reads them:
+/// an optional `-`, then digits without a leading zero (`0` alone is fine, `-0` is not).
+fn parse_integer(value: &[u8]) -> Option<i64> {
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    match digits {
+        [b'0'] if digits.len() == value.len() => return Some(0),
+        [b'1'..=b'9', rest @ ..] if rest.iter().all(u8::is_ascii_digit) => {}
+        _ => return None,
+    }
+    // Out of range is `None` too.
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The key-value tables of one write transaction, and its time.
+struct KvTables<'t> {
+    values: Table<'t, &'static [u8], &'static [u8]>,
+    expiry: Table<'t, &'static [u8], ()>,
+    /// Milliseconds since the epoch, once for the whole write.
+    now: u64,
+    /// Whether anything was written: a write that changed nothing is not committed.
+    changed: bool,
+    buf: Vec<u8>,
+}
+
+/// What a key holds, as one write sees it.
+struct Held<T> {
+    /// When the stored entry expires, live or not: replacing it must remove its `kv_expiry` key.
+    stored: Option<u64>,
+    /// What was read from the value, if it is live.
+    live: Option<T>,
+}
+
+impl KvTables<'_> {
+    fn open(txn: &WriteTransaction) -> StoreResult<KvTables<'_>> {
+        Ok(KvTables {
+            values: txn.open_table(KV).context("opening the key-value table")?,
+            expiry: txn
+                .open_table(KV_EXPIRY)
+                .context("opening the key-value expiry table")?,
+            now: Timestamp::now().0,
+            changed: false,
+            buf: Vec::new(),
+        })
+    }
+
+    /// What `key` holds, with `read` applied to its value if it is live.
+    fn held<T>(&self, key: &[u8], read: impl FnOnce(&[u8]) -> T) -> StoreResult<Held<T>> {
+        let Some(stored) = self.values.get(key).context("reading a key-value entry")? else {
+            return Ok(Held {
+                stored: None,
+                live: None,
+            });
+        };
+        let (expires, value) = kv_entry(stored.value())?;
+        Ok(Held {
+            stored: Some(expires),
+            live: kv_live(expires, self.now).then(|| read(value)),
+        })
+    }
+
+    /// When what `key` holds expires, for writes that replace or delete it whatever it is: an
+    /// unreadable entry counts as one that never expires (it has no `kv_expiry` key), so that
+    /// writing over it or deleting it repairs it.
+    fn stored(&self, key: &[u8]) -> StoreResult<Option<u64>> {
+        let Some(stored) = self.values.get(key).context("reading a key-value entry")? else {
+            return Ok(None);
+        };
+        Ok(Some(kv_entry(stored.value()).map_or_else(
+            |error| {
+                tracing::warn!(%error, "Replacing an unreadable key-value entry.");
+                0
+            },
+            |(expires, _)| expires,
+        )))
+    }
+
+    /// Stores `value` under `key`, which held an entry expiring at `stored`.
+    fn put(
+        &mut self,
+        key: &[u8],
+        stored: Option<u64>,
+        expires: u64,
+        value: &[u8],
+    ) -> StoreResult<()> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&expires.to_le_bytes());
+        self.buf.extend_from_slice(value);
+        self.values
+            .insert(key, self.buf.as_slice())
+            .context("writing a key-value entry")?;
+        if stored != Some(expires) {
+            if let Some(old) = stored.filter(|&e| e != 0) {
+                self.expiry
+                    .remove(kv_expiry_key(old, key).as_slice())
+                    .context("writing a key-value expiry")?;
+            }
+            if expires != 0 {
+                self.expiry
+                    .insert(kv_expiry_key(expires, key).as_slice(), ())
+                    .context("writing a key-value expiry")?;
+            }
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Removes `key`, whose entry expires at `stored`.
+    fn remove(&mut self, key: &[u8], stored: u64) -> StoreResult<()> {
+        self.values
+            .remove(key)
+            .context("deleting a key-value entry")?;
+        if stored != 0 {
+            self.expiry
+                .remove(kv_expiry_key(stored, key).as_slice())
+                .context("deleting a key-value expiry")?;
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Deletes up to [`KV_PURGE`] expired entries, soonest expired first.
+    fn purge(&mut self) -> StoreResult<()> {
+        // Every `kv_expiry` key below this one expired at or before now.
+        let bound = self.now.saturating_add(1).to_be_bytes();
+        let mut expired: Vec<Vec<u8>> = Vec::new();
+        for entry in self
+            .expiry
+            .range::<&[u8]>(..&bound[..])
+            .context("finding expired key-value entries")?
+            .take(KV_PURGE)
+        {
+            let (key, _) = entry.context("finding expired key-value entries")?;
+            expired.push(key.value().to_vec());
+        }
+        for index_key in expired {
+            self.expiry
+                .remove(index_key.as_slice())
+                .context("deleting a key-value expiry")?;
+            let Some((expires, key)) = index_key.split_first_chunk::<8>() else {
+                continue;
+            };
+            let expires = u64::from_be_bytes(*expires);
+            // The index follows the entries exactly; should an entry disagree, it keeps its value
+            // (an unreadable one goes: it expired, as far as anything can tell).
+            let goes = match self.values.get(key).context("reading a key-value entry")? {
+                Some(stored) => kv_entry(stored.value()).map_or(true, |(e, _)| e == expires),
+                None => false,
+            };
+            if goes {
+                self.values
+                    .remove(key)
+                    .context("deleting an expired key-value entry")?;
+            }
+            self.changed = true;
+        }
+        Ok(())
+    }
+}
+
+/// One key-value write: `write`, then a bounded purge, in a transaction committed without fsync
+/// (the flusher makes it durable, see [`Pending`]), or dropped when nothing changed.
+fn kv_write<T>(
+    inner: &Inner,
+    what: &'static str,
+    write: impl FnOnce(&mut KvTables<'_>) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let mut txn = inner.db.begin_write().context("beginning a write")?;
+    txn.set_durability(redb::Durability::None)
+        .context("choosing the commit durability")?;
+    let (out, changed) = {
+        let mut tables = KvTables::open(&txn)?;
+        let out = write(&mut tables)?;
+        tables.purge()?;
+        (out, tables.changed)
+    };
+    if changed {
+        inner.pending.mark();
+        txn.commit().context(what)?;
+    } else {
+        txn.abort().context(what)?;
+    }
+    Ok(out)
+}
+
+fn kv_get(inner: &Inner, key: &[u8]) -> StoreResult<Option<Bytes>> {
+    let txn = inner.db.begin_read().context("beginning a read")?;
+    let table = txn.open_table(KV).context("opening the key-value table")?;
+    let Some(stored) = table.get(key).context("reading a key-value entry")? else {
+        return Ok(None);
+    };
+    let (expires, value) = kv_entry(stored.value())?;
+    Ok(kv_live(expires, Timestamp::now().0).then(|| Bytes::copy_from_slice(value)))
+}
+
+fn kv_increment(
+    tables: &mut KvTables<'_>,
+    key: &[u8],
+    delta: i64,
+    ttl: Option<Duration>,
+) -> StoreResult<i64> {
+    let held = tables.held(key, parse_integer)?;
+    let (current, expires) = match held.live {
+        Some(Some(n)) => (n, held.stored.unwrap_or(0)),
+        Some(None) => return Err(StoreError::NotAnInteger),
+        None => (0, kv_expires(tables.now, ttl)),
+    };
+    let sum = current.checked_add(delta).ok_or(StoreError::NotAnInteger)?;
+    tables.put(key, held.stored, expires, sum.to_string().as_bytes())?;
+    Ok(sum)
+}
+
+fn kv_compare_and_set(
+    tables: &mut KvTables<'_>,
+    key: &[u8],
+    expected: Option<&[u8]>,
+    value: &[u8],
+    ttl: Option<Duration>,
+) -> StoreResult<bool> {
+    let held = tables.held(key, |current| Some(current) == expected)?;
+    // Absent or expired matches `None` only.
+    if !held.live.unwrap_or(expected.is_none()) {
+        return Ok(false);
+    }
+    let expires = kv_expires(tables.now, ttl);
+    tables.put(key, held.stored, expires, value)?;
+    Ok(true)
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     fn kind(&self) -> &'static str {
@@ -1998,6 +2416,134 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    // ----- blobs -----
+
+    async fn put_blob(&self, digest: &str, bytes: Bytes) -> StoreResult<()> {
+        let len = bytes.len();
+        let name = digest.to_owned();
+        self.run("store a blob", move |inner| {
+            let (mut log, txn) = inner.begin_durable()?;
+            txn.open_table(BLOBS)
+                .context("opening the blob table")?
+                .insert(name.as_str(), &bytes[..])
+                .context("writing a blob")?;
+            inner.commit_durable(&mut log, txn, "committing a blob")
+        })
+        .await?;
+        tracing::debug!(digest, bytes = len, "Stored a blob.");
+        Ok(())
+    }
+
+    async fn blob(&self, digest: &str) -> StoreResult<Option<Bytes>> {
+        let name = digest.to_owned();
+        self.run("read a blob", move |inner| {
+            let txn = inner.db.begin_read().context("beginning a read")?;
+            let table = txn.open_table(BLOBS).context("opening the blob table")?;
+            Ok(table
+                .get(name.as_str())
+                .context("reading a blob")?
+                .map(|bytes| Bytes::copy_from_slice(bytes.value())))
+        })
+        .await
+    }
+
+    async fn delete_blob(&self, digest: &str) -> StoreResult<bool> {
+        let name = digest.to_owned();
+        let removed = self
+            .run("delete a blob", move |inner| {
+                let (mut log, txn) = inner.begin_durable()?;
+                let removed = txn
+                    .open_table(BLOBS)
+                    .context("opening the blob table")?
+                    .remove(name.as_str())
+                    .context("deleting a blob")?
+                    .is_some();
+                if removed {
+                    inner.commit_durable(&mut log, txn, "committing a blob deletion")?;
+                }
+                Ok(removed)
+            })
+            .await?;
+        if removed {
+            tracing::debug!(digest, "Deleted a blob.");
+        }
+        Ok(removed)
+    }
+
+    // ----- plugin key-value -----
+
+    async fn kv_get(&self, namespace: &str, key: &str) -> StoreResult<Option<Bytes>> {
+        let key = kv_key(namespace, key)?;
+        self.run("read a key-value entry", move |inner| kv_get(inner, &key))
+            .await
+    }
+
+    async fn kv_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()> {
+        let key = kv_key(namespace, key)?;
+        self.run("write a key-value entry", move |inner| {
+            kv_write(inner, "committing a key-value entry", |tables| {
+                let stored = tables.stored(&key)?;
+                let expires = kv_expires(tables.now, ttl);
+                tables.put(&key, stored, expires, &value)
+            })
+        })
+        .await
+    }
+
+    async fn kv_delete(&self, namespace: &str, key: &str) -> StoreResult<bool> {
+        let key = kv_key(namespace, key)?;
+        self.run("delete a key-value entry", move |inner| {
+            kv_write(inner, "committing a key-value deletion", |tables| {
+                let Some(expires) = tables.stored(&key)? else {
+                    return Ok(false);
+                };
+                // An expired entry goes too, but was not there to delete.
+                tables.remove(&key, expires)?;
+                Ok(kv_live(expires, tables.now))
+            })
+        })
+        .await
+    }
+
+    async fn kv_increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> StoreResult<i64> {
+        let key = kv_key(namespace, key)?;
+        self.run("increment a key-value entry", move |inner| {
+            kv_write(inner, "committing a key-value increment", |tables| {
+                kv_increment(tables, &key, delta, ttl)
+            })
+        })
+        .await
+    }
+
+    async fn kv_compare_and_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<Bytes>,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> StoreResult<bool> {
+        let key = kv_key(namespace, key)?;
+        self.run("compare and set a key-value entry", move |inner| {
+            kv_write(inner, "committing a key-value entry", |tables| {
+                kv_compare_and_set(tables, &key, expected.as_deref(), &value, ttl)
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -2016,7 +2562,7 @@ mod tests {
     /// Segments of a few records each, so that tests see segments come and go.
     async fn small_segments() -> (Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open_with(dir.path(), 4096).unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), 4096, FLUSH_AFTER).unwrap();
         (Arc::new(store), dir)
     }
 
@@ -2117,7 +2663,7 @@ mod tests {
     #[tokio::test]
     async fn segments_are_counted_and_collected() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open_with(dir.path(), 8192).unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), 8192, FLUSH_AFTER).unwrap();
         let finals: Vec<Transaction> = (0..40)
             .map(|i| record(i, ["a", "b"][i as usize % 2], Status::Successful))
             .collect();
@@ -2194,7 +2740,7 @@ mod tests {
         drop(store);
         let stale = dir.path().join(LOG_DIR).join(segment_name(0));
         std::fs::write(&stale, b"left over").unwrap();
-        let store = EmbeddedStore::open_with(dir.path(), 8192).unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), 8192, FLUSH_AFTER).unwrap();
         assert!(!stale.exists());
         assert_eq!(store.inner.log().current, current);
         put(&store, Stage::Final, &finals[..3]).await;
@@ -2250,7 +2796,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first: Vec<Transaction> = (0..3).map(|i| record(i, "a", Status::Failed)).collect();
         let last = {
-            let store = EmbeddedStore::open_with(dir.path(), 256).unwrap();
+            let store = EmbeddedStore::open_with(dir.path(), 256, FLUSH_AFTER).unwrap();
             for tx in &first {
                 put(&store, Stage::Final, std::slice::from_ref(tx)).await;
             }
@@ -2259,7 +2805,7 @@ mod tests {
         assert!(last >= 2);
         std::fs::remove_file(dir.path().join(LOG_DIR).join(segment_name(last))).unwrap();
 
-        let store = EmbeddedStore::open_with(dir.path(), 256).unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), 256, FLUSH_AFTER).unwrap();
         assert_eq!(store.inner.log().current, last + 1);
         let lost = store.transaction(first[2].id).await.unwrap_err();
         assert!(matches!(lost, StoreError::Corrupt(_)), "{lost}");
@@ -2460,5 +3006,237 @@ mod tests {
         drop(EmbeddedStore::open(dir.path()).unwrap());
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.count_transactions().await.unwrap(), 0);
+    }
+
+    // ----- plugin key-value -----
+
+    /// The key-value tables, checked against each other: every entry that expires has its
+    /// `kv_expiry` key, and no other key is there. Returns the number of entries.
+    fn check_kv(store: &EmbeddedStore) -> usize {
+        let txn = store.inner.db.begin_read().unwrap();
+        let values = txn.open_table(KV).unwrap();
+        let mut want: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for entry in values.iter().unwrap() {
+            let (key, value) = entry.unwrap();
+            let (expires, _) = kv_entry(value.value()).unwrap();
+            if expires != 0 {
+                want.insert(kv_expiry_key(expires, key.value()));
+            }
+        }
+        let got: BTreeSet<Vec<u8>> = txn
+            .open_table(KV_EXPIRY)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().to_vec())
+            .collect();
+        assert_eq!(got, want, "the expiry index follows the entries");
+        values.len().unwrap() as usize
+    }
+
+    #[test]
+    fn integers_are_read_as_redis_reads_them() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("-1", Some(-1)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-", None),
+            ("-0", None),
+            ("00", None),
+            ("+1", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_integer(text.as_bytes()), want, "{text:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_key_value_entries_are_purged_by_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // A rate limiter's windows: a key each, expiring soon; and some that stay.
+        for window in 0..100 {
+            store
+                .kv_increment(
+                    "limiter",
+                    &format!("client:{window}"),
+                    1,
+                    Some(Duration::from_millis(300)),
+                )
+                .await
+                .unwrap();
+        }
+        for key in ["a", "b"] {
+            store
+                .kv_set(
+                    "kept",
+                    key,
+                    Bytes::from_static(b"v"),
+                    Some(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .kv_set("kept", "c", Bytes::from_static(b"v"), None)
+            .await
+            .unwrap();
+        assert!(check_kv(&store) > 100);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // Reads leave them; every write takes up to `KV_PURGE`, even one that changes nothing.
+        assert_eq!(store.kv_get("limiter", "client:0").await.unwrap(), None);
+        assert!(check_kv(&store) > 100);
+        assert!(!store.kv_delete("other", "nothing").await.unwrap());
+        assert_eq!(check_kv(&store), 103 - KV_PURGE);
+        for _ in 0..100 / KV_PURGE {
+            store
+                .kv_increment("limiter", "now", 1, Some(Duration::from_secs(600)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(check_kv(&store), 4, "only the live entries are left");
+        assert_eq!(
+            store.kv_get("kept", "a").await.unwrap(),
+            Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(
+            store.kv_get("kept", "c").await.unwrap(),
+            Some(Bytes::from_static(b"v"))
+        );
+    }
+
+    /// Waits until no key-value write waits for a durable commit.
+    async fn flushed(store: &EmbeddedStore) {
+        for _ in 0..500 {
+            if !store.inner.pending.lock().dirty {
+                // The mark is cleared before the commit; the log is held until after it.
+                drop(store.inner.log());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the key-value writes were not made durable");
+    }
+
+    /// Copies the store's files as they are on disk (a crash would leave them so).
+    fn copy_files(from: &Path, to: &Path) {
+        std::fs::copy(from.join(FILE_NAME), to.join(FILE_NAME)).unwrap();
+        std::fs::create_dir_all(to.join(LOG_DIR)).unwrap();
+        for entry in std::fs::read_dir(from.join(LOG_DIR)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(LOG_DIR).join(entry.file_name())).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn key_value_writes_become_durable_on_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedStore::open_with(dir.path(), SEGMENT_BYTES, Duration::from_millis(50)).unwrap();
+        store
+            .kv_set("ns", "k", Bytes::from_static(b"\0\xff"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .kv_increment("ns", "n", 7, Some(Duration::from_secs(600)))
+                .await
+                .unwrap(),
+            7
+        );
+        assert!(store.inner.pending.lock().dirty, "not durable yet");
+        flushed(&store).await;
+
+        // The files as a crash would leave them now, the store still open.
+        let copy = tempfile::tempdir().unwrap();
+        copy_files(dir.path(), copy.path());
+        let crashed = EmbeddedStore::open(copy.path()).unwrap();
+        assert_eq!(
+            crashed.kv_get("ns", "k").await.unwrap(),
+            Some(Bytes::from_static(b"\0\xff"))
+        );
+        assert_eq!(crashed.kv_increment("ns", "n", 1, None).await.unwrap(), 8);
+        check_kv(&crashed);
+
+        // Another durable commit covers them too, and the flusher has nothing left to do.
+        store
+            .kv_set("ns", "k", Bytes::from_static(b"2"), None)
+            .await
+            .unwrap();
+        store.sync().await.unwrap();
+        assert!(!store.inner.pending.lock().dirty);
+    }
+
+    #[tokio::test]
+    async fn key_value_entries_survive_a_close() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Closed long before the flusher would commit.
+            let store =
+                EmbeddedStore::open_with(dir.path(), SEGMENT_BYTES, Duration::from_secs(3600))
+                    .unwrap();
+            store
+                .kv_set("ns", "k", Bytes::from_static(b"v"), None)
+                .await
+                .unwrap();
+            store
+                .kv_increment("ns", "n", 3, Some(Duration::from_secs(600)))
+                .await
+                .unwrap();
+            store
+                .kv_set(
+                    "ns",
+                    "gone",
+                    Bytes::from_static(b"v"),
+                    Some(Duration::from_millis(1)),
+                )
+                .await
+                .unwrap();
+            store
+                .put_blob("d", Bytes::from_static(b"blob"))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.kv_get("ns", "k").await.unwrap(),
+            Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(store.kv_increment("ns", "n", 1, None).await.unwrap(), 4);
+        assert_eq!(store.kv_get("ns", "gone").await.unwrap(), None);
+        assert_eq!(
+            store.blob("d").await.unwrap(),
+            Some(Bytes::from_static(b"blob"))
+        );
+        check_kv(&store);
+    }
+
+    /// What a `kv_increment` costs, one after another on one key (the rate limiter's pattern):
+    /// `cargo test -p mediary --release --lib kv_increment_cost -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "a measurement, not a test"]
+    async fn kv_increment_cost() {
+        let (store, _dir) = fresh().await;
+        const N: i64 = 10_000;
+        let ttl = Some(Duration::from_secs(60));
+        let start = std::time::Instant::now();
+        for _ in 0..N {
+            store
+                .kv_increment("limiter", "client:window", 1, ttl)
+                .await
+                .unwrap();
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(
+            store.kv_get("limiter", "client:window").await.unwrap(),
+            Some(Bytes::from(N.to_string()))
+        );
+        println!(
+            "kv_increment: {N} calls in {elapsed:?}, {:.1} µs each",
+            elapsed.as_secs_f64() * 1e6 / N as f64
+        );
     }
 }

@@ -7,6 +7,12 @@
 //!   upserted by id where the later [`Stage`] wins, so a replayed spool writes nothing twice; listed
 //!   newest first with the filters of [`TxQuery`].
 //! - **State**: small values that background tasks keep between runs (retention watermarks, …).
+//! - **Blobs**: content-addressed byte arrays (plugin artifacts, up to tens of MB), keyed by the
+//!   SHA-256 of their bytes. Blobs are not configuration: the plugin document that names one is,
+//!   and is written after it, so no worker ever sees a document whose blob is missing.
+//! - **Plugin key-value**: small values private to one namespace (a channel's plugins), with
+//!   optional expiry, written on the request path (a rate limiter increments a counter per
+//!   request), so a write must be cheap: backends may make it durable a moment later.
 //!
 //! [`embedded`] is the redb backend, used when no Redis is configured. Every backend must pass the
 //! contract suite in [`contract`].
@@ -17,6 +23,7 @@ pub mod embedded;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -66,9 +73,21 @@ pub enum StoreError {
     /// Anything else the backend reported.
     #[error("store error: {0}")]
     Backend(String),
+    /// [`Store::kv_increment`] met a value that is not a decimal integer, or the sum overflowed.
+    /// The caller's mistake, not the store's: the host hands it to the plugin as an error value.
+    #[error("the value is not a decimal integer")]
+    NotAnInteger,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A key-value TTL in whole milliseconds: rounded up, and at least one, so that no TTL means
+/// "already expired" or "never" (and every backend counts it alike: it is Redis' `PX` as it is).
+pub fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// A transaction record ready to store: the encoded record plus what the indexes need, so the
 /// writer never decodes what the workers encoded.
@@ -267,4 +286,64 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     async fn state(&self, key: &str) -> StoreResult<Option<Value>>;
     async fn set_state(&self, key: &str, value: Value) -> StoreResult<()>;
+
+    // ----- blobs -----
+
+    /// Stores `bytes` under `digest`, the lowercase hex SHA-256 of the bytes (the caller checks
+    /// it: the store trusts the name). Writing the same digest twice is harmless. Durable when
+    /// this returns, because the plugin document written next relies on it. Does not bump the
+    /// configuration generation (that document does).
+    async fn put_blob(&self, digest: &str, bytes: Bytes) -> StoreResult<()>;
+    async fn blob(&self, digest: &str) -> StoreResult<Option<Bytes>>;
+    /// Removes a blob; `false` if there was none. Durable when this returns.
+    async fn delete_blob(&self, digest: &str) -> StoreResult<bool>;
+
+    // ----- plugin key-value -----
+    //
+    // Keys live in a namespace (one channel's plugins); namespaces never see each other's keys,
+    // whatever bytes their names hold. A key may expire: `ttl` is counted from the call, in whole
+    // milliseconds of wall-clock time ([`ttl_millis`]), and an expired key is absent to every
+    // method. Writes are visible to every reader when they return, but may become durable up to
+    // about a second later: a crash can lose the last second of counters, which costs a rate
+    // limiter little, while an fsync per request would cost the proxy a lot.
+
+    /// The live value of `key`, if any.
+    async fn kv_get(&self, namespace: &str, key: &str) -> StoreResult<Option<Bytes>>;
+    /// Sets `key` to `value`. `ttl`: expires that long from now; `None`: no expiry (and removes an
+    /// existing one).
+    async fn kv_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> StoreResult<()>;
+    /// Removes `key`; `false` if it was absent or expired.
+    async fn kv_delete(&self, namespace: &str, key: &str) -> StoreResult<bool>;
+    /// Adds `delta` to the decimal integer at `key` and returns the sum, like Redis `INCRBY`: the
+    /// value is ASCII in canonical form (an optional `-`, then digits without leading zeros; no
+    /// `+`, no spaces), and so is the sum stored. A missing or expired key counts as 0 and is
+    /// created with `ttl`; an existing key keeps its expiry (`ttl` is ignored), so a counter per
+    /// time window expires with its window however often it is incremented.
+    ///
+    /// [`StoreError::NotAnInteger`] when the value is not a decimal `i64`, and when the sum would
+    /// overflow an `i64` (the value is left as it was).
+    async fn kv_increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> StoreResult<i64>;
+    /// Sets `key` to `value` (with `ttl` as in [`Store::kv_set`]) only if its live value equals
+    /// `expected`; `expected: None` means only if it is absent or expired. Returns whether it did;
+    /// the comparison and the write are one atomic step.
+    async fn kv_compare_and_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<Bytes>,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> StoreResult<bool>;
 }
