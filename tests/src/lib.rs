@@ -25,6 +25,7 @@
 //! - [`load`]: [`Load`], client threads sending requests until told to stop.
 //! - [`raw`]: [`RawConnection`], bytes over TCP for malformed or stalled requests.
 //! - [`linux`]: what `/proc` says about the child's threads and this process's cores.
+//! - [`plugins`]: the paths of the plugin components, built from `plugins/` by `build.rs`.
 //!
 //! All test-side I/O runs on one background tokio runtime ([`runtime`]), so
 //! tests are plain `#[test]` functions that never `.await`.
@@ -40,6 +41,7 @@ pub mod linux;
 pub mod load;
 pub mod mediary;
 pub mod metrics;
+pub mod plugins;
 pub mod raw;
 pub mod tls;
 pub mod upstream;
