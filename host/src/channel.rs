@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::config::fields::{FieldErrors, Fields};
 use crate::metrics::ChannelMetrics;
+use crate::plugin::{BoundPlugin, OnPluginError, PluginSpec};
 
 /// The longest per-channel upstream timeout OpenHIM accepts (one hour), in milliseconds.
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
@@ -227,6 +228,46 @@ pub struct Route {
 }
 
 impl Route {
+    /// A route to an absolute `http://` or `https://` URL: a plugin's target or outbound call. The
+    /// route keeps the request's path (the caller puts the URL's path in the request).
+    pub fn for_url(name: &str, uri: &http::Uri) -> Result<Route, String> {
+        let secured = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(format!(
+                    "`{uri}` is not an absolute http:// or https:// URL"
+                ));
+            }
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("`{uri}` has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(if secured { 443 } else { 80 });
+        let authority = match host.parse::<Ipv6Addr>() {
+            Ok(_) => format!("[{host}]:{port}"),
+            Err(_) => format!("{host}:{port}"),
+        };
+        let host_header = HeaderValue::from_str(&authority)
+            .map_err(|_| format!("`{host}` cannot be sent as a Host header"))?;
+        Ok(Route {
+            name: name.to_owned(),
+            host,
+            port,
+            authority: authority.into(),
+            host_header,
+            rewrite: PathRewrite::Keep,
+            primary: false,
+            secured,
+            basic_auth: None,
+            forward_auth_header: false,
+            enabled: true,
+        })
+    }
+
     fn parse(path: String, value: &Value, errors: &mut FieldErrors) -> Option<Route> {
         let before = errors.0.len();
         let mut f = Fields::new(path.clone(), value, errors);
@@ -364,6 +405,13 @@ pub struct Channel {
     /// This channel's counters, shared with every earlier and later version of it (set when the
     /// channel table is built; see [`crate::metrics::Metrics::channel`]).
     pub metrics: Arc<ChannelMetrics>,
+    /// The channel's plugin as configured (`plugin`).
+    pub plugin: Option<PluginSpec>,
+    /// What happens when the plugin fails (`onPluginError`). Default `fail`.
+    pub on_plugin_error: OnPluginError,
+    /// The plugin, loaded: set when the channel table is built. `Err` says why it could not be
+    /// (requests then fail, or bypass it, as `onPluginError` says).
+    pub bound_plugin: Option<Result<Arc<BoundPlugin>, String>>,
     /// Index into `routes` of the one enabled primary route.
     primary: usize,
 }
@@ -455,6 +503,13 @@ impl Channel {
                 format!("`{t}` channels are not supported; use \"http\""),
             );
         }
+        let plugin_path = f.path_of("plugin");
+        let plugin = f
+            .raw("plugin")
+            .and_then(|v| PluginSpec::parse(plugin_path, v, f.errors()));
+        let on_plugin_error = f
+            .parsed("onPluginError", crate::plugin::spec::parse_on_plugin_error)
+            .unwrap_or_default();
         let routes_path = f.path_of("routes");
         let routes = match f.raw("routes") {
             None => {
@@ -521,6 +576,9 @@ impl Channel {
             max_body_age_days,
             max_stored_body_size,
             metrics: Arc::default(),
+            plugin,
+            on_plugin_error,
+            bound_plugin: None,
             primary: primaries[0],
             routes,
         })

@@ -10,6 +10,7 @@
 //! - [`recorder`]: each worker's write-ahead spool, and the writer that drains it into the store.
 //! - [`store`]: the `Store` trait (documents, transactions, state) and its embedded redb backend.
 //! - [`api`]: the management API (channels, transactions, rerun, health, metrics, users).
+//! - [`plugin`]: channel logic as WebAssembly components: the engine, sandbox, imports, registry.
 //! - [`metrics`]: per-channel and per-worker counters, rendered for Prometheus.
 //! - [`reload`]: the live channel table, rebuilt from the store whenever channels change.
 //! - [`retention`]: the job that removes old bodies and records.
@@ -21,6 +22,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod recorder;
 pub mod reload;
@@ -39,6 +41,7 @@ use uuid::Uuid;
 use channel::ChannelTable;
 use config::Config;
 use metrics::Metrics;
+use plugin::{PluginEngine, Plugins};
 use store::Store;
 use transaction::Timestamp;
 
@@ -54,6 +57,8 @@ pub struct Shared {
     /// TLS settings for `secured` routes: the system's root certificates plus `upstream.ca_files`.
     pub upstream_tls: Arc<rustls::ClientConfig>,
     pub store: Arc<dyn Store>,
+    /// The plugin engine, uploaded plugins, and each channel's loaded plugin.
+    pub plugins: Arc<Plugins>,
     pub metrics: Arc<Metrics>,
     /// When this process started (for `/heartbeat`).
     pub started: Instant,
@@ -66,8 +71,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+    /// `workers`: how many proxy workers will serve (plugins keep warm instances per worker).
+    pub fn new(config: Config, store: Arc<dyn Store>, workers: usize) -> anyhow::Result<Self> {
+        let engine = Arc::new(PluginEngine::new(config.plugins.clone())?);
+        // One more than the workers: the API serves reruns with its own proxy.
+        let plugins = Arc::new(Plugins::new(
+            engine,
+            Arc::clone(&store),
+            config.base_dir.clone(),
+            workers + 1,
+        ));
         Ok(Shared {
+            plugins,
             channels: ArcSwap::from_pointee(ChannelTable::default()),
             upstream_tls: Arc::new(upstream_tls_config(config.upstream.ca_roots.clone())?),
             config: Arc::new(config),

@@ -1,7 +1,8 @@
 //! Counters for `GET /metrics` (Prometheus text), kept in atomics so the data path pays a few
 //! relaxed increments per request.
 //!
-//! Per channel: requests, responses by status class, transaction statuses, a latency histogram.
+//! Per channel: requests, responses by status class, transaction statuses, a latency histogram,
+//! plugin failures by kind.
 //! Per worker: requests and open connections. Figures are per instance.
 
 use std::fmt::Write as _;
@@ -29,7 +30,19 @@ pub struct ChannelMetrics {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of latencies in microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Plugin failures by kind, in the order of [`PLUGIN_FAILURES`].
+    pub plugin_failures: [AtomicU64; PLUGIN_FAILURES.len()],
 }
+
+/// The kinds of plugin failure counted (`crate::plugin::Failure::kind`).
+pub const PLUGIN_FAILURES: [&str; 6] = [
+    "trap",
+    "deadline",
+    "memory",
+    "invalid-output",
+    "unavailable",
+    "busy",
+];
 
 impl ChannelMetrics {
     pub fn response(&self, status: u16, latency: Duration) {
@@ -47,6 +60,13 @@ impl ChannelMetrics {
 
     pub fn status(&self, status: Status) {
         self.statuses[usize::from(status.code())].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a plugin failure of `kind` (one of [`PLUGIN_FAILURES`]).
+    pub fn plugin_failure(&self, kind: &str) {
+        if let Some(i) = PLUGIN_FAILURES.iter().position(|k| *k == kind) {
+            self.plugin_failures[i].fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -141,6 +161,23 @@ impl Metrics {
                 sample(
                     &mut out,
                     "mediary_channel_responses_total",
+                    &labels,
+                    c.load(Relaxed),
+                );
+            }
+        }
+        family(
+            &mut out,
+            "mediary_channel_plugin_failures_total",
+            "counter",
+            "Plugin calls that failed, by kind (trap, deadline, memory, invalid-output, unavailable, busy).",
+        );
+        for (labels, (_, _, m)) in labels.iter().zip(&channels) {
+            for (kind, c) in PLUGIN_FAILURES.iter().zip(&m.plugin_failures) {
+                let labels = format!("{labels},kind=\"{kind}\"");
+                sample(
+                    &mut out,
+                    "mediary_channel_plugin_failures_total",
                     &labels,
                     c.load(Relaxed),
                 );

@@ -77,9 +77,54 @@ pub async fn load(shared: &Shared) -> anyhow::Result<usize> {
             }
         }
     }
+    for channel in &mut channels {
+        let Some(spec) = channel.plugin.clone() else {
+            continue;
+        };
+        let bound = match shared.plugins.bind(channel, &spec).await {
+            Ok(bound) => Ok(bound),
+            Err(reason) => match shared.plugins.previous(&channel.id) {
+                // Keep what worked (a file half-written, the store briefly away) rather than fail.
+                Some(previous) if previous.spec.source == spec.source => {
+                    tracing::warn!(channel = %channel.name, %reason, plugin = %previous.run.name, sha256 = %previous.run.sha256, "Could not load the channel's plugin; keeping the one it had.");
+                    Ok(previous)
+                }
+                _ => {
+                    tracing::error!(channel = %channel.name, %reason, "Could not load the channel's plugin; its requests fail (or bypass it) until it loads.");
+                    Err(reason)
+                }
+            },
+        };
+        if let Ok(bound) = &bound {
+            tracing::debug!(channel = %channel.name, plugin = %bound.run.name, version = ?bound.run.version, sha256 = %bound.run.sha256, "Channel plugin bound.");
+        }
+        channel.bound_plugin = Some(bound);
+    }
+    let ids: Vec<&str> = channels.iter().map(|c| &*c.id).collect();
+    shared.plugins.retain_channels(&ids);
     let count = channels.len();
     shared.channels.store(Arc::new(ChannelTable::new(channels)));
     Ok(count)
+}
+
+/// Reloads the table whenever a watched plugin file (`plugin.file`) changes, until `stop`.
+pub async fn watch_plugin_files(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let interval = shared.config.plugins.watch_interval;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if !shared.plugins.files_changed() {
+            continue;
+        }
+        match load(&shared).await {
+            Ok(_) => tracing::info!("A plugin file changed; channels reloaded."),
+            Err(error) => {
+                tracing::warn!(%error, "Reloading channels after a plugin file changed failed.");
+            }
+        }
+    }
 }
 
 /// Reloads the table whenever the store's generation moves, until `stop`.

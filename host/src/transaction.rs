@@ -484,6 +484,38 @@ pub struct Transaction {
     /// Milliseconds from the request's arrival to the end of the client's response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// The channel's plugin, as it ran for this transaction (name, version and digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginRun>,
+    /// What the plugin logged while handling this transaction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugin_log: Vec<PluginLogLine>,
+}
+
+/// Which plugin handled a transaction: enough to find the exact code again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginRun {
+    pub name: String,
+    /// The uploaded version; absent for a plugin read from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The SHA-256 of the `.wasm`, lower-case hex.
+    pub sha256: String,
+    /// `per-request` or `reuse`.
+    pub isolation: String,
+}
+
+/// One line a plugin logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginLogLine {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
+    pub timestamp: Timestamp,
 }
 
 impl Transaction {
@@ -642,6 +674,8 @@ mod tests {
             worker: 1,
             instance: "test".into(),
             duration_ms: Some(1.5),
+            plugin: None,
+            plugin_log: Vec::new(),
         }
     }
 

@@ -112,7 +112,7 @@ pub async fn run(
         .await
         .context("saving the config file's channels to the store")?;
     let recording = config.recording.clone();
-    let shared = Arc::new(Shared::new(config, store)?);
+    let shared = Arc::new(Shared::new(config, store, workers)?);
     reload::load(&shared).await.context("loading channels")?;
     api::ensure_root_user(&shared)
         .await
@@ -188,6 +188,10 @@ pub async fn run(
     ));
     let follower = tokio::spawn(reload::follow(Arc::clone(&shared), stopped.clone()));
     let retention = tokio::spawn(retention::run(Arc::clone(&shared), stopped.clone()));
+    let plugin_files = tokio::spawn(reload::watch_plugin_files(
+        Arc::clone(&shared),
+        stopped.clone(),
+    ));
 
     shared.ready.store(true, Ordering::Release);
     tracing::info!(%addr, api = %api_addr, workers, "Mediary is ready.");
@@ -208,6 +212,7 @@ pub async fn run(
     let _ = api_task.await;
     follower.abort();
     retention.abort();
+    plugin_files.abort();
     if let Some(spool) = &api_spool {
         spool.flush_now();
     }

@@ -143,6 +143,8 @@ pub fn record(i: u64, ms: u64) -> Transaction {
         worker: (r % 4) as u16,
         instance: "mediary-1".into(),
         duration_ms: Some(12.5),
+        plugin: None,
+        plugin_log: Vec::new(),
     }
 }
 

@@ -49,6 +49,7 @@ pub async fn create(api: &Api, body: Value) -> Result<Reply, ApiError> {
         _ => return Err(invalid(errors)),
     };
     let _writing = api.channel_writes.lock().await;
+    check_plugin(api, &channel).await?;
     let store = &api.shared.store;
     let existing = store.list(Collection::Channels).await?;
     if let Some((other, _)) = existing
@@ -94,6 +95,7 @@ pub async fn update(api: &Api, key: &str, body: Value) -> Result<Reply, ApiError
         Some(channel) if errors.is_empty() => channel,
         _ => return Err(invalid(errors)),
     };
+    check_plugin(api, &channel).await?;
     let store = &api.shared.store;
     let existing = store.list(Collection::Channels).await?;
     if let Some((other, _)) = existing
@@ -127,7 +129,7 @@ pub async fn delete(api: &Api, key: &str) -> Result<Reply, ApiError> {
 /// Rebuilds this instance's channel table before the API answers, so that a client that has its
 /// answer can count on the change being live here (the follower task would apply it moments later
 /// anyway, and does so for changes made elsewhere). A failure leaves that to the follower.
-async fn apply(api: &Api) {
+pub(super) async fn apply(api: &Api) {
     if let Err(error) = crate::reload::load(&api.shared).await {
         tracing::warn!(%error, "Could not rebuild the channel table at once; the follower will.");
     }
@@ -146,6 +148,21 @@ async fn find(api: &Api, key: &str) -> Result<(String, Value), ApiError> {
         .into_iter()
         .find(|(_, doc)| name_of(doc) == Some(key))
         .ok_or_else(|| not_found(key))
+}
+
+/// A channel may only name a plugin (and version) that has been uploaded.
+async fn check_plugin(api: &Api, channel: &Channel) -> Result<(), ApiError> {
+    let Some(spec) = &channel.plugin else {
+        return Ok(());
+    };
+    match super::plugins::check_reference(api, &spec.source).await? {
+        None => Ok(()),
+        Some((field, reason)) => {
+            let mut errors = FieldErrors::default();
+            errors.push(field, reason);
+            Err(invalid(errors))
+        }
+    }
 }
 
 fn object(body: Value) -> Result<Map<String, Value>, ApiError> {

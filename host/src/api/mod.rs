@@ -18,6 +18,7 @@
 //! - [`auth`]: Basic credentials, password hashes, the root user.
 //! - [`channels`]: channel documents (create, read, partial update, delete).
 //! - [`transactions`]: listings with OpenHIM's filters and representations, one record, rerun.
+//! - [`plugins`]: WebAssembly plugins (upload a version, list, roll back, delete).
 //! - [`health`]: `/heartbeat`, `/health/live`, `/health/ready`, `/metrics`.
 //! - [`error`]: what can go wrong and the response for it.
 
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod channels;
 pub mod error;
 pub mod health;
+pub mod plugins;
 pub mod transactions;
 
 use std::convert::Infallible;
@@ -225,6 +227,14 @@ impl Api {
             }
             (Route::Channel(key), Method::DELETE) => channels::delete(self, &key).await,
             (Route::Channel(key), _) => channels::get(self, &key).await,
+            (Route::Plugins, _) => plugins::list(self).await,
+            (Route::Plugin(name), Method::POST) => {
+                let by = user.clone().unwrap_or_default();
+                plugins::upload(self, &name, &parts.headers, body, &by).await
+            }
+            (Route::Plugin(name), Method::DELETE) => plugins::delete(self, &name).await,
+            (Route::Plugin(name), _) => plugins::get(self, &name).await,
+            (Route::Rollback(name), _) => plugins::rollback(self, &name).await,
             (Route::Transactions, _) => transactions::list(self, &params()).await,
             (Route::Transaction(id), _) => transactions::get(self, &id).await,
             (Route::Rerun(id), _) => transactions::rerun(self, &id).await,
@@ -234,7 +244,19 @@ impl Api {
     /// Reads a JSON body: refused when `Content-Length` is over `api.max_payload`, cut off when the
     /// body grows past it, and bounded by the client body timeout.
     async fn read_json(&self, headers: &HeaderMap, body: Incoming) -> Result<Value, ApiError> {
-        let limit = self.shared.config.api.max_payload;
+        let bytes = self
+            .read_body(headers, body, self.shared.config.api.max_payload)
+            .await?;
+        parse_json(&bytes)
+    }
+
+    /// Reads a whole body of at most `limit` bytes within the client body timeout.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        limit: u64,
+    ) -> Result<Bytes, ApiError> {
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -256,7 +278,7 @@ impl Api {
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-        parse_json(&bytes)
+        Ok(bytes)
     }
 }
 
@@ -291,6 +313,9 @@ enum Route {
     Metrics,
     Channels,
     Channel(String),
+    Plugins,
+    Plugin(String),
+    Rollback(String),
     Transactions,
     Transaction(String),
     Rerun(String),
@@ -310,6 +335,9 @@ impl Route {
             ["metrics"] => Route::Metrics,
             ["channels"] => Route::Channels,
             ["channels", key] => Route::Channel(id(key)?),
+            ["plugins"] => Route::Plugins,
+            ["plugins", name] => Route::Plugin(id(name)?),
+            ["plugins", name, "rollback"] => Route::Rollback(id(name)?),
             ["transactions"] => Route::Transactions,
             ["transactions", tx] => Route::Transaction(id(tx)?),
             ["transactions", tx, "rerun"] => Route::Rerun(id(tx)?),
@@ -322,7 +350,8 @@ impl Route {
         match self {
             Route::Channels => &[Method::GET, Method::POST],
             Route::Channel(_) => &[Method::GET, Method::PUT, Method::DELETE],
-            Route::Rerun(_) => &[Method::POST],
+            Route::Plugin(_) => &[Method::GET, Method::POST, Method::DELETE],
+            Route::Rerun(_) | Route::Rollback(_) => &[Method::POST],
             _ => &[Method::GET],
         }
     }
@@ -397,7 +426,7 @@ pub(crate) mod testing {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("the store opens"));
         let config = Config::parse(toml).expect("a valid config");
-        let shared = Arc::new(Shared::new(config, store).expect("shared state"));
+        let shared = Arc::new(Shared::new(config, store, 1).expect("shared state"));
         let proxy = Arc::new(Proxy::new(Arc::clone(&shared), 0, None));
         Fixture {
             api: Api {

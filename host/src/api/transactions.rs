@@ -778,6 +778,8 @@ mod tests {
             worker: 0,
             instance: "i".into(),
             duration_ms: None,
+            plugin: None,
+            plugin_log: Vec::new(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Config {
     pub recording: Recording,
     pub retention: Retention,
     pub api: Api,
+    pub plugins: Plugins,
+    /// The config file's folder: relative paths in channels (`plugin.file`) are found from here.
+    pub base_dir: PathBuf,
     /// The channels loaded at start (upserted into the store by name).
     pub channels: Vec<Channel>,
     /// The same channels as written in the file (JSON), which is what the store keeps.
@@ -207,6 +210,45 @@ pub struct Api {
     pub max_payload: u64,
 }
 
+/// `[plugins]`: the WebAssembly plugin host. A channel's `plugin` field may override the per-plugin
+/// defaults (`isolation`, `deadlineMs`, `memoryLimit`, `maxReuse`).
+#[derive(Debug, Clone)]
+pub struct Plugins {
+    /// Compiled plugins are cached here (by digest and engine settings), so a restart does not
+    /// compile again. Default `plugin-cache` inside `store.data_dir`.
+    pub cache_dir: PathBuf,
+    /// Compiling one plugin may take at most this long; past it the upload (or load) is refused.
+    /// Default 60 s (a JavaScript or Python plugin can take 10 s on a small machine).
+    pub compile_timeout: Duration,
+    /// How often the deadline clock ticks: CPU deadlines are enforced to within about one tick.
+    /// Default 1 ms.
+    pub epoch_tick: Duration,
+    /// CPU time one plugin call may use (`plugin.deadlineMs`). Default 100 ms.
+    pub deadline: Duration,
+    /// Linear memory one plugin instance may use (`plugin.memoryLimit`). Default 64 MiB.
+    pub memory_limit: u64,
+    /// The most memory any channel may give its plugin: the size of each slot of the instance pool.
+    /// Default 256 MiB.
+    pub max_memory: u64,
+    /// Plugin instances alive at once in this process, all channels and workers together (the
+    /// pooling allocator's size). Past it, requests on plugin channels get 503. Default 1000.
+    pub max_instances: u32,
+    /// `per-request` (a fresh instance for each request) or `reuse` (warm instances kept per
+    /// worker). Default `reuse`; see the README for the trade-off.
+    pub isolation: crate::plugin::Isolation,
+    /// With `reuse`, one instance serves at most this many requests before it is replaced
+    /// (`plugin.maxReuse`). Default 10000.
+    pub max_reuse: u32,
+    /// Largest `.wasm` the API accepts. Default 64 MiB.
+    pub max_upload: u64,
+    /// Most `outbound-http` calls a plugin may make for one request. Default 16.
+    pub outbound_max_calls: u32,
+    /// Largest response body an `outbound-http` call may return to the plugin. Default 4 MiB.
+    pub outbound_max_response: u64,
+    /// How often plugin files (`plugin.file`) are checked for changes. Default 1 s.
+    pub watch_interval: Duration,
+}
+
 /// Everything wrong with a configuration file.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -290,6 +332,7 @@ impl Config {
         let recording = root.raw("recording").unwrap_or(&empty);
         let retention = root.raw("retention").unwrap_or(&empty);
         let api = root.raw("api").unwrap_or(&empty);
+        let plugins = root.raw("plugins").unwrap_or(&empty);
         let channels = root.raw("channels");
         root.finish();
 
@@ -302,6 +345,7 @@ impl Config {
         let recording = parse_recording(recording, &mut errors);
         let retention = parse_retention(retention, &mut errors);
         let api = parse_api(api, &mut errors);
+        let plugins = parse_plugins(plugins, &store.data_dir, base, &mut errors);
         let channel_documents = match channels {
             Some(Value::Array(items)) => items.clone(),
             _ => Vec::new(),
@@ -319,6 +363,8 @@ impl Config {
                 recording,
                 retention,
                 api,
+                plugins,
+                base_dir: base.to_owned(),
                 channels,
                 channel_documents,
             })
@@ -449,6 +495,53 @@ fn parse_api(value: &Value, errors: &mut FieldErrors) -> Api {
         root_password,
         max_payload,
     }
+}
+
+fn parse_plugins(value: &Value, data_dir: &Path, base: &Path, errors: &mut FieldErrors) -> Plugins {
+    let mut f = Fields::new("plugins", value, errors);
+    let cache_dir = f
+        .optional::<PathBuf>("cache_dir")
+        .map_or_else(|| data_dir.join("plugin-cache"), |p| base.join(p));
+    let count = |f: &mut Fields<'_, '_>, key: &'static str, default: u32, max: u32| {
+        f.parsed(key, |n: u64| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| format!("{n} is out of range (1-{max})"))
+        })
+        .unwrap_or(default)
+    };
+    let plugins = Plugins {
+        cache_dir,
+        compile_timeout: f.duration("compile_timeout", Duration::from_secs(60)),
+        epoch_tick: f.duration("epoch_tick", Duration::from_millis(1)),
+        deadline: f.duration("deadline", Duration::from_millis(100)),
+        memory_limit: f.size("memory_limit", 64 << 20),
+        max_memory: f.size("max_memory", 256 << 20),
+        max_instances: count(&mut f, "max_instances", 1000, 100_000),
+        isolation: f
+            .parsed("isolation", |s: String| crate::plugin::Isolation::parse(&s))
+            .unwrap_or(crate::plugin::Isolation::Reuse),
+        max_reuse: count(&mut f, "max_reuse", 10_000, u32::MAX),
+        max_upload: f.size("max_upload", 64 << 20),
+        outbound_max_calls: count(&mut f, "outbound_max_calls", 16, 10_000),
+        outbound_max_response: f.size("outbound_max_response", 4 << 20),
+        watch_interval: f.duration("watch_interval", Duration::from_secs(1)),
+    };
+    if plugins.memory_limit > plugins.max_memory {
+        f.error("memory_limit", "must not be over max_memory");
+    }
+    if plugins.max_memory > 4 << 30 {
+        f.error(
+            "max_memory",
+            "must be at most 4GiB (32-bit WebAssembly memories)",
+        );
+    }
+    if plugins.epoch_tick > plugins.deadline {
+        f.error("epoch_tick", "must be shorter than deadline");
+    }
+    f.finish();
+    plugins
 }
 
 fn parse_timeouts(value: &Value, errors: &mut FieldErrors) -> Timeouts {

@@ -16,6 +16,8 @@ pub enum Blame {
     Client,
     /// The upstream service failed or was too slow.
     Upstream,
+    /// The channel's plugin failed (trapped, overran its limits, returned invalid output).
+    Plugin,
     /// Mediary itself failed.
     Host,
 }
@@ -58,6 +60,19 @@ pub enum ProxyError {
     /// The transaction could not be recorded (the spool cannot be written): Mediary refuses to
     /// exchange data it cannot audit.
     RecordingUnavailable { channel: String, cause: String },
+    /// The channel's plugin failed.
+    Plugin {
+        channel: String,
+        plugin: String,
+        failure: crate::plugin::Failure,
+    },
+    /// The channel's plugin refused the request, with its own status and reason.
+    PluginRejected {
+        channel: String,
+        plugin: String,
+        status: StatusCode,
+        reason: String,
+    },
 }
 
 impl ProxyError {
@@ -68,7 +83,14 @@ impl ProxyError {
             | ProxyError::AmbiguousFraming
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyTimeout { .. }
-            | ProxyError::BodyRead { .. } => Blame::Client,
+            | ProxyError::BodyRead { .. }
+            | ProxyError::PluginRejected { .. } => Blame::Client,
+            ProxyError::Plugin { failure, .. } => match failure {
+                crate::plugin::Failure::Busy | crate::plugin::Failure::Unavailable { .. } => {
+                    Blame::Host
+                }
+                _ => Blame::Plugin,
+            },
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamFailed { .. }
             | ProxyError::UpstreamTimeout { .. } => Blame::Upstream,
@@ -89,6 +111,13 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::RecordingUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Plugin { failure, .. } => match failure {
+                crate::plugin::Failure::Busy | crate::plugin::Failure::Unavailable { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            ProxyError::PluginRejected { status, .. } => *status,
         }
     }
 
@@ -114,7 +143,18 @@ impl ProxyError {
             | ProxyError::UpstreamFailed { channel, .. }
             | ProxyError::UpstreamTimeout { channel, .. }
             | ProxyError::Internal { channel, .. }
-            | ProxyError::RecordingUnavailable { channel, .. } => Some(channel),
+            | ProxyError::RecordingUnavailable { channel, .. }
+            | ProxyError::Plugin { channel, .. }
+            | ProxyError::PluginRejected { channel, .. } => Some(channel),
+        }
+    }
+
+    fn plugin(&self) -> Option<&str> {
+        match self {
+            ProxyError::Plugin { plugin, .. } | ProxyError::PluginRejected { plugin, .. } => {
+                Some(plugin)
+            }
+            _ => None,
         }
     }
 
@@ -138,6 +178,8 @@ impl ProxyError {
             channel: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             route: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            plugin: Option<&'a str>,
             transaction_id: &'a str,
         }
         let body = Body {
@@ -145,6 +187,7 @@ impl ProxyError {
             blame: self.blame(),
             channel: self.channel(),
             route: self.route(),
+            plugin: self.plugin(),
             transaction_id,
         };
         serde_json::to_vec(&body).map_or_else(|_| Bytes::new(), Bytes::from)
@@ -201,6 +244,15 @@ impl fmt::Display for ProxyError {
             }
             ProxyError::RecordingUnavailable { cause, .. } => {
                 write!(f, "The transaction cannot be recorded, so it is refused: {cause}.")
+            }
+            ProxyError::Plugin { failure, .. } => {
+                let text = failure.to_string();
+                let mut chars = text.chars();
+                let first = chars.next().map(|c| c.to_uppercase().collect::<String>());
+                write!(f, "{}{}.", first.unwrap_or_default(), chars.as_str().trim_end_matches('.'))
+            }
+            ProxyError::PluginRejected { reason, .. } => {
+                write!(f, "The channel's plugin refused the request: {reason}")
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub mod headers;
+mod plugin;
 pub mod record;
 pub mod rerun;
 pub mod upstream;
@@ -40,6 +41,7 @@ use uuid::Uuid;
 use crate::Shared;
 use crate::channel::{AuthType, Channel, PathRewrite, Route};
 use crate::metrics::WorkerMetrics;
+use crate::plugin::output as plugin_output;
 use crate::recorder::spool::Spool;
 use crate::transaction::{ErrorDetails, Headers, ResponseRecord, Timestamp};
 use body::ProxyBody;
@@ -101,6 +103,10 @@ struct Routed {
     id: HeaderValue,
     outcome: Result<Answer, (ProxyError, Option<Route>)>,
     recording: Option<Arc<TxRecording>>,
+    /// The route that answered (`None` when nothing was sent upstream).
+    route: Option<Route>,
+    /// The upstream's own status, when a plugin transformed its answer into another.
+    upstream_status: Option<http::StatusCode>,
 }
 
 impl Proxy {
@@ -165,6 +171,8 @@ impl Proxy {
                 id: new_id().1,
                 outcome: Err((error, None)),
                 recording: None,
+                route: None,
+                upstream_status: None,
             },
         };
         Ok(self.respond(routed, Some(guard)).await)
@@ -251,6 +259,52 @@ impl Proxy {
                         None,
                     )),
                     recording: None,
+                    route: None,
+                    upstream_status: None,
+                };
+            }
+        }
+
+        // Phase 5½: the channel's plugin decides where the request goes, or answers it.
+        let mut body = body;
+        let mut target = plugin::Target::ChannelRoutes;
+        let mut turn = None;
+        let consulted = self
+            .consult_plugin(&channel, &parts, &body, id, recording.as_ref())
+            .await;
+        match consulted {
+            Ok(None) => {}
+            Ok(Some((plugin::Decision::Respond(response), _))) => {
+                cancel_secondaries(recording.as_ref());
+                return Routed {
+                    id: id_header,
+                    outcome: Ok(Answer::Buffered(response)),
+                    recording,
+                    route: None,
+                    upstream_status: None,
+                };
+            }
+            Ok(Some((
+                plugin::Decision::Forward {
+                    target: to,
+                    rewrite,
+                },
+                plugin_turn,
+            ))) => {
+                if let Some(rewrite) = rewrite {
+                    apply_rewrite(&mut parts, &mut body, *rewrite);
+                }
+                target = to;
+                turn = plugin_turn;
+            }
+            Err(error) => {
+                cancel_secondaries(recording.as_ref());
+                return Routed {
+                    id: id_header,
+                    outcome: Err((error, None)),
+                    recording,
+                    route: None,
+                    upstream_status: None,
                 };
             }
         }
@@ -262,39 +316,66 @@ impl Proxy {
         parts
             .headers
             .insert(X_OPENHIM_TRANSACTIONID.clone(), id_header.clone());
-        let timeout = channel
-            .timeout
-            .unwrap_or(self.shared.config.timeouts.upstream_response);
+        let timeout = self.timeout(&channel);
 
-        for (index, route) in secondaries.into_iter().enumerate() {
-            self.spawn_secondary(
-                &channel,
-                (index, route),
-                &parts,
-                &body,
-                timeout,
-                recording.clone(),
-            );
-        }
-
-        let route = channel.primary();
+        let route = match target {
+            plugin::Target::ChannelRoutes => {
+                for (index, route) in secondaries.into_iter().enumerate() {
+                    self.spawn_secondary(
+                        &channel,
+                        (index, route),
+                        &parts,
+                        &body,
+                        timeout,
+                        recording.clone(),
+                    );
+                }
+                channel.primary().clone()
+            }
+            plugin::Target::Route(route) => {
+                cancel_secondaries(recording.as_ref());
+                route
+            }
+            plugin::Target::Url(route, path) => {
+                cancel_secondaries(recording.as_ref());
+                parts.uri = Uri::from(path);
+                route
+            }
+        };
         let headers = std::mem::take(&mut parts.headers);
-        let outcome = match upstream_request(route, &parts, headers, body, &channel) {
-            Ok(request) => self.send_primary(&channel, route, request, timeout).await,
+        let outcome = match upstream_request(&route, &parts, headers, body, &channel) {
+            Ok(request) => self.send_primary(&channel, &route, request, timeout).await,
             Err(error) => Err(error),
         };
+        let mut upstream_status = None;
         let outcome = match outcome {
             Ok((response, lease)) => {
+                upstream_status = Some(response.status());
                 let response = client_response(response, &parts.method);
-                let small = response
-                    .body()
-                    .size_hint()
-                    .exact()
-                    .is_some_and(|n| n > 0 && n <= BUFFERED_BODY);
-                if recording.is_some() && small {
-                    read_whole(response, lease, timeout, &channel, route).await
-                } else {
-                    Ok(Answer::Streamed(response, lease, timeout))
+                match turn.as_mut().filter(|t| t.transforms()) {
+                    Some(turn) => {
+                        let limit = self.transform_limit(&channel);
+                        match read_limited(response, lease, timeout, &channel, &route, limit).await
+                        {
+                            Ok(response) => self
+                                .transform(&channel, turn, response, recording.as_ref())
+                                .await
+                                .map(Answer::Buffered),
+                            Err(error) => Err(error),
+                        }
+                    }
+                    None => {
+                        let small = response
+                            .body()
+                            .size_hint()
+                            .exact()
+                            .is_some_and(|n| n > 0 && n <= BUFFERED_BODY);
+                        if recording.is_some() && small {
+                            read_whole(response, lease, timeout, &channel, &route).await
+                        } else {
+                            Ok(Answer::Streamed(response, lease, timeout))
+                        }
+                    }
                 }
             }
             Err(error) => Err(error),
@@ -303,7 +384,16 @@ impl Proxy {
             id: id_header,
             outcome: outcome.map_err(|error| (error, Some(route.clone()))),
             recording,
+            route: Some(route),
+            upstream_status,
         }
+    }
+
+    /// The largest upstream body a transforming plugin is given.
+    fn transform_limit(&self, channel: &Channel) -> u64 {
+        channel
+            .max_body_size
+            .unwrap_or(self.shared.config.limits.max_request_body)
     }
 
     async fn send_primary(
@@ -412,12 +502,15 @@ impl Proxy {
             id,
             outcome,
             recording,
+            route: answered,
+            upstream_status,
         } = routed;
         let mut response = match outcome {
             Ok(Answer::Buffered(response)) => {
                 let (parts, body) = response.into_parts();
                 if let Some(rec) = &recording {
-                    rec.primary_head(parts.status, &parts.headers);
+                    let upstream = upstream_status.unwrap_or(parts.status);
+                    rec.primary_head(answered.as_ref(), upstream, parts.status, &parts.headers);
                     if let Some(seq) = rec.primary_done(body.clone(), false, None) {
                         let _ = rec.spool().written(seq).await;
                     }
@@ -428,7 +521,12 @@ impl Proxy {
                 let (parts, body) = response.into_parts();
                 let recording = match recording {
                     Some(rec) => {
-                        rec.primary_head(parts.status, &parts.headers);
+                        rec.primary_head(
+                            answered.as_ref(),
+                            parts.status,
+                            parts.status,
+                            &parts.headers,
+                        );
                         if body.is_end_stream() {
                             if let Some(seq) = rec.primary_done(Bytes::new(), false, None) {
                                 let _ = rec.spool().written(seq).await;
@@ -620,8 +718,77 @@ fn log_failure(error: &ProxyError, transaction: &str, worker: usize) {
         error::Blame::Client => {
             tracing::debug!(worker, transaction, %error, "Request refused.");
         }
-        error::Blame::Upstream | error::Blame::Host => {
+        error::Blame::Upstream | error::Blame::Plugin | error::Blame::Host => {
             tracing::warn!(worker, transaction, %error, "Request failed.");
         }
+    }
+}
+
+/// The channel's secondary routes are not called when a plugin answers, refuses or fails the request,
+/// or sends it to one route: their pre-filled entries leave the record.
+fn cancel_secondaries(recording: Option<&Arc<TxRecording>>) {
+    if let Some(recording) = recording {
+        recording.no_secondaries();
+    }
+}
+
+/// Applies a plugin's (checked) rewrite to the request.
+fn apply_rewrite(
+    parts: &mut http::request::Parts,
+    body: &mut Bytes,
+    rewrite: plugin_output::Rewritten,
+) {
+    if let Some(method) = rewrite.method {
+        parts.method = method;
+    }
+    if rewrite.path.is_some() || rewrite.query.is_some() {
+        let path = rewrite.path.as_deref().unwrap_or(parts.uri.path());
+        let query = rewrite.query.as_deref().or(parts.uri.query()).unwrap_or("");
+        let target = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
+        if let Ok(path_and_query) = PathAndQuery::try_from(target) {
+            parts.uri = Uri::from(path_and_query);
+        }
+    }
+    if let Some(headers) = rewrite.headers {
+        parts.headers = headers;
+    }
+    if let Some(new_body) = rewrite.body {
+        *body = new_body;
+    }
+}
+
+/// Reads an upstream body whole for a transforming plugin, refusing one over `limit` bytes.
+async fn read_limited(
+    response: Response<Incoming>,
+    lease: Lease,
+    idle: Duration,
+    channel: &Channel,
+    route: &Route,
+    limit: u64,
+) -> Result<Response<Bytes>, ProxyError> {
+    let (parts, body) = response.into_parts();
+    let failed = |cause: String| ProxyError::UpstreamFailed {
+        channel: channel.name.clone(),
+        route: route.name.clone(),
+        cause,
+    };
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(idle, limited.collect()).await {
+        Ok(Ok(collected)) => {
+            lease.release();
+            Ok(Response::from_parts(parts, collected.to_bytes()))
+        }
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(failed(format!(
+            "its response body is over {limit} bytes, too large to pass to the channel's plugin"
+        ))),
+        Ok(Err(error)) => Err(failed(root_cause(error.as_ref()))),
+        Err(_) => Err(failed(format!(
+            "the response body did not arrive within {} ms",
+            idle.as_millis()
+        ))),
     }
 }

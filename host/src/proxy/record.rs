@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::channel::{Channel, Route};
 use crate::recorder::spool::{Spool, SpoolError};
 use crate::transaction::{
-    Body, BodyBudget, ErrorDetails, Exchange, Headers, RequestRecord, ResponseRecord, Stage,
-    Status, Timestamp, Transaction,
+    Body, BodyBudget, ErrorDetails, Exchange, Headers, PluginLogLine, PluginRun, RequestRecord,
+    ResponseRecord, Stage, Status, Timestamp, Transaction,
 };
 
 /// One transaction being recorded.
@@ -127,6 +127,8 @@ impl TxRecording {
             worker: u16::try_from(worker).unwrap_or(u16::MAX),
             instance: instance.to_owned(),
             duration_ms: None,
+            plugin: None,
+            plugin_log: Vec::new(),
         };
         let seq = spool.append(&tx, Stage::Begun)?;
         let recording = Arc::new(TxRecording {
@@ -158,9 +160,16 @@ impl TxRecording {
         usize::try_from(state.budget.remaining()).unwrap_or(usize::MAX)
     }
 
-    /// The primary answered: its status and headers (the body follows).
-    pub fn primary_head(&self, status: StatusCode, headers: &HeaderMap) {
-        let route = self.channel.primary();
+    /// The client's response head is known: its status and headers (the body follows). `route` is
+    /// the route that answered (`None` when a plugin answered itself), recorded as an orchestration
+    /// with `upstream_status`, which differs from `status` when a plugin transformed the answer.
+    pub fn primary_head(
+        &self,
+        route: Option<&Route>,
+        upstream_status: StatusCode,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) {
         let now = Timestamp::now();
         let mut state = self.lock();
         state.tx.response = Some(ResponseRecord {
@@ -170,8 +179,38 @@ impl TxRecording {
             body_truncated: false,
             timestamp: now,
         });
-        let exchange = self.orchestration(&state.tx, route, Some(status.as_u16()), None, now);
-        state.tx.orchestrations.push(exchange);
+        if let Some(route) = route {
+            let exchange =
+                self.orchestration(&state.tx, route, Some(upstream_status.as_u16()), None, now);
+            state.tx.orchestrations.push(exchange);
+        }
+    }
+
+    /// The channel's secondary routes will not be called (a plugin chose one route).
+    pub fn no_secondaries(&self) {
+        let mut state = self.lock();
+        state.tx.routes.clear();
+        state.secondaries_left = 0;
+    }
+
+    /// Names the plugin that handles this transaction.
+    pub fn set_plugin(&self, plugin: PluginRun) {
+        self.lock().tx.plugin = Some(plugin);
+    }
+
+    /// Keeps a line the plugin logged.
+    pub fn plugin_log(&self, line: PluginLogLine) {
+        self.lock().tx.plugin_log.push(line);
+    }
+
+    /// Records a call the plugin made (`outbound-http`) as an orchestration.
+    pub fn add_orchestration(&self, exchange: Exchange) {
+        self.lock().tx.orchestrations.push(exchange);
+    }
+
+    /// Sets a property of the transaction (OpenHIM's `properties`).
+    pub fn set_property(&self, key: &str, value: serde_json::Value) {
+        self.lock().tx.properties.insert(key.to_owned(), value);
     }
 
     /// The primary's response body is complete (or failed with `error`); `body` is what was
@@ -246,6 +285,15 @@ impl TxRecording {
     /// Records a secondary's response body within the budget (and the channel's body settings).
     pub fn store_route_body(&self, body: &Bytes) -> (Option<Body>, bool) {
         if !self.channel.response_body {
+            return (None, false);
+        }
+        self.lock().budget.take(body)
+    }
+
+    /// Records a request body the host sent on the client's behalf (a plugin's call) within the
+    /// budget, if the channel stores request bodies.
+    pub fn store_request_body(&self, body: &Bytes) -> (Option<Body>, bool) {
+        if !self.channel.request_body {
             return (None, false);
         }
         self.lock().budget.take(body)

@@ -379,6 +379,8 @@ mod tests {
             worker: 0,
             instance: "t".into(),
             duration_ms: None,
+            plugin: None,
+            plugin_log: Vec::new(),
         }
     }
 
