@@ -9,8 +9,10 @@
 //! let listed = mediary.api().get("/channels").send().json();
 //! ```
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::client::{Call, Client, Reply};
@@ -194,6 +196,61 @@ impl Api {
         assert_eq!(reply.status(), 200, "reading metrics: {}", reply.text());
         Metrics::parse(&reply.text())
     }
+
+    /// `POST <path>` with `body` as it is (`content-type: application/octet-stream` unless the
+    /// caller adds another).
+    pub fn post_bytes(&self, path: &str, body: impl Into<Bytes>) -> Call {
+        self.authenticated(self.client.post(self.url(path)).body(body))
+    }
+
+    /// `POST /plugins/:name` with `wasm` as the body, whatever the API answers. `name` is put in the
+    /// path as given (percent-encode it to send a name that is not URL-safe).
+    pub fn upload_plugin_bytes(&self, name: &str, wasm: impl Into<Bytes>) -> Reply {
+        self.post_bytes(&format!("/plugins/{name}"), wasm)
+            .header("content-type", "application/wasm")
+            .send()
+    }
+
+    /// `POST /plugins/:name` with the component file at `wasm` (e.g. [`crate::plugins::ROUTER`]),
+    /// whatever the API answers.
+    pub fn upload_plugin(&self, name: &str, wasm: impl AsRef<Path>) -> Reply {
+        let wasm = wasm.as_ref();
+        let bytes = std::fs::read(wasm)
+            .unwrap_or_else(|error| panic!("reading {}: {error}", wasm.display()));
+        self.upload_plugin_bytes(name, bytes)
+    }
+
+    /// Uploads the component at `wasm` as a new version of plugin `name` and returns the version as
+    /// the API describes it; panics unless the API says 201 (created).
+    pub fn install_plugin(&self, name: &str, wasm: impl AsRef<Path>) -> Value {
+        let reply = self.upload_plugin(name, wasm);
+        assert_eq!(
+            reply.status(),
+            201,
+            "uploading plugin {name}: {}",
+            reply.text()
+        );
+        reply.json()
+    }
+
+    /// `GET /plugins/:name` (the plugin, its versions and the channels using it); panics unless the
+    /// API says 200.
+    pub fn plugin(&self, name: &str) -> Value {
+        let reply = self.get(&format!("/plugins/{name}")).send();
+        assert_eq!(
+            reply.status(),
+            200,
+            "reading plugin {name}: {}",
+            reply.text()
+        );
+        reply.json()
+    }
+
+    /// `POST /plugins/:name/rollback`, whatever it answers.
+    pub fn rollback_plugin(&self, name: &str) -> Reply {
+        self.post_bytes(&format!("/plugins/{name}/rollback"), Bytes::new())
+            .send()
+    }
 }
 
 /// One page of `GET /transactions`.
@@ -244,6 +301,14 @@ pub fn channel_json(name: &str, url_pattern: &str, port: u16) -> Value {
             "primary": true,
         }],
     })
+}
+
+/// [`channel_json`] with a `plugin` field (`{"name": …}` or `{"file": …}`, with `config`, limits and
+/// grants as the channel wants them).
+pub fn plugin_channel_json(name: &str, url_pattern: &str, port: u16, plugin: Value) -> Value {
+    let mut channel = channel_json(name, url_pattern, port);
+    channel["plugin"] = plugin;
+    channel
 }
 
 /// `filters=<json>`, URL-encoded, for a transaction listing's query string.
