@@ -9,6 +9,11 @@
 #            recording every transaction (the default)
 #   mediary-norec  the same with `[recording] enabled = false`: the cost of
 #            recording is the ratio of the two
+#   mediary-router  `mediary` with the content-based router plugin
+#            (plugins/rust/router, reused instances) on the channel: the cost
+#            of a plugin is the ratio to `mediary`
+#   mediary-router-fresh  the same with `isolation = "per-request"` (a fresh
+#            instance for every request)
 # and prints a Markdown table (also written to bench/results/proxy-<date>.md).
 # See bench/README.md for how to run it and how to read the output.
 #
@@ -22,6 +27,7 @@
 #   METHOD        GET, or POST with a request body of the same size as the
 #                 response (the upstream answers POST like GET)  (default GET)
 #   MEDIARY_BIN   use this mediary binary, skip `cargo build`
+#   ROUTER_WASM   use this router component, skip building plugins/
 #   NGINX_BIN     nginx binary                             (default: from PATH or /usr/sbin/nginx)
 #   WRK_THREADS   wrk threads (capped at the conn count)   (default 1)
 #   PROXY_CPU     CPU for the proxy (and the upstream in "direct")   (default 0)
@@ -44,6 +50,7 @@ SIZES=${SIZES:-"1k 64k"}
 TARGETS=${TARGETS:-"direct nginx mediary"}
 METHOD=${METHOD:-GET}
 MEDIARY_BIN=${MEDIARY_BIN:-}
+ROUTER_WASM=${ROUTER_WASM:-}
 NGINX_BIN=${NGINX_BIN:-}
 WRK_THREADS=${WRK_THREADS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
@@ -208,7 +215,7 @@ has() { [[ " $TARGETS " == *" $1 "* ]]; }
 for s in $SIZES; do size_bytes "$s" >/dev/null; done
 for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad connection count '$c'"; done
 for t in $TARGETS; do
-  case $t in direct | nginx | mediary | mediary-norec) ;; *) die "unknown target '$t'" ;; esac
+  case $t in direct | nginx | mediary | mediary-norec | mediary-router | mediary-router-fresh) ;; *) die "unknown target '$t'" ;; esac
 done
 [[ $METHOD == GET || $METHOD == POST ]] || die "bad METHOD '$METHOD' (GET or POST)"
 [[ $(secs "$DURATION") =~ ^[0-9]+$ ]] || die "bad DURATION '$DURATION' (use e.g. 10s)"
@@ -244,7 +251,9 @@ ensure_tools() {
 
 ensure_tools
 
-if has mediary || has mediary-norec; then
+has_mediary() { has mediary || has mediary-norec || has mediary-router || has mediary-router-fresh; }
+
+if has_mediary; then
   if [[ -z $MEDIARY_BIN ]]; then
     log "building mediary (cargo build --release -p mediary)"
     (cd "$ROOT" && cargo build --release -p mediary) || die "cargo build failed"
@@ -253,6 +262,15 @@ if has mediary || has mediary-norec; then
     MEDIARY_BIN=$target_dir/release/mediary
   fi
   [[ -x $MEDIARY_BIN ]] || die "mediary binary not found or not executable: $MEDIARY_BIN"
+fi
+if has mediary-router || has mediary-router-fresh; then
+  if [[ -z $ROUTER_WASM ]]; then
+    log "building the router plugin (cargo build --release in plugins/)"
+    (cd "$ROOT/plugins" && cargo build --release -p mediary-router --target wasm32-wasip2) ||
+      die "building plugins/rust/router failed (rustup target add wasm32-wasip2?)"
+    ROUTER_WASM=$ROOT/plugins/target/wasm32-wasip2/release/mediary_router.wasm
+  fi
+  [[ -f $ROUTER_WASM ]] || die "router component not found: $ROUTER_WASM"
 fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/mediary-bench.XXXXXX")
@@ -297,15 +315,17 @@ stop_upstream() {
   UPSTREAM_PID=""
 }
 
-# start_mediary NAME PORT RECORDING — pid in LAST_PID; 1 if it did not become
-# ready. RECORDING is true or false; NAME is its folder under the temp dir.
+# start_mediary NAME PORT RECORDING [PLUGIN] — pid in LAST_PID; 1 if it did not
+# become ready. RECORDING is true or false; NAME is its folder under the temp
+# dir; PLUGIN, if given, is the channel's `plugin = {...}` line.
 start_mediary() {
-  local name=$1 port=$2 recording=$3 api_port dir=$TMP/$1 i
+  local name=$1 port=$2 recording=$3 plugin=${4:-} api_port dir=$TMP/$1 i
   free_port api_port
   rm -rf "$dir"
   mkdir -p "$dir"
   render "$TEMPLATES/mediary.toml" "$dir/mediary.toml" \
-    PORT="$port" API_PORT="$api_port" UPSTREAM_PORT="$UPSTREAM_PORT" RECORDING="$recording"
+    PORT="$port" API_PORT="$api_port" UPSTREAM_PORT="$UPSTREAM_PORT" RECORDING="$recording" \
+    PLUGIN="$plugin"
   # A config mistake is clearer from check-config than from a failed start.
   local rc=0
   timeout 10 "$MEDIARY_BIN" check-config --config "$dir/mediary.toml" >"$dir/check-config.log" 2>&1 || rc=$?
@@ -474,7 +494,7 @@ if has direct; then
   stop_upstream
 fi
 
-if has nginx || has mediary || has mediary-norec; then
+if has nginx || has_mediary; then
   log "== proxies: proxy on CPU $PROXY_CPU, upstream and wrk on CPU $LOAD_CPU"
   start_upstream "$LOAD_CPU"
   proxies=()
@@ -491,12 +511,20 @@ if has nginx || has mediary || has mediary-norec; then
     fi
   fi
   mediary_pids=()
-  for t in mediary mediary-norec; do
+  for t in mediary mediary-norec mediary-router mediary-router-fresh; do
     has "$t" || continue
     free_port MEDIARY_PORT
     recording=true
     [[ $t == mediary-norec ]] && recording=false
-    if start_mediary "$t" "$MEDIARY_PORT" "$recording"; then
+    plugin=""
+    # Every bench path (/1k, /64k) has no FHIR resource type, so the router sends it to its
+    # fallback route, after the whole decision (config, path, log line).
+    router_config='config = { routes = { Patient = "upstream" }, fallback = "upstream" }'
+    case $t in
+      mediary-router) plugin="plugin = { file = \"$ROUTER_WASM\", isolation = \"reuse\", $router_config }" ;;
+      mediary-router-fresh) plugin="plugin = { file = \"$ROUTER_WASM\", isolation = \"per-request\", $router_config }" ;;
+    esac
+    if start_mediary "$t" "$MEDIARY_PORT" "$recording" "$plugin"; then
       mediary_pids+=("$t:$LAST_PID")
       PORT_OF[$t]=$MEDIARY_PORT
       AFFINITY[$t]="$(affinity "$LAST_PID")"
@@ -578,12 +606,12 @@ report() {
     echo "- pinning: none"
   fi
   echo "- nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"
-  if has mediary || has mediary-norec; then
+  if has_mediary; then
     echo "- mediary: \`$MEDIARY_BIN\` ($(timeout 5 "$MEDIARY_BIN" --version 2>/dev/null | head -n 1 || true))"
   fi
   echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty tree)')"
   echo "- method: $METHOD$( [[ $METHOD == POST ]] && echo ' (request body the same size as the response body)')"
-  for t in direct upstream nginx mediary mediary-norec; do
+  for t in direct upstream nginx mediary mediary-norec mediary-router mediary-router-fresh; do
     if [[ -n ${AFFINITY[$t]:-} ]]; then echo "- affinity of $t: ${AFFINITY[$t]}"; fi
   done
   if ((ROUNDS > 1)); then
@@ -630,6 +658,20 @@ report() {
       done
     done
   fi
+  local r
+  for r in mediary-router mediary-router-fresh; do
+    has mediary && has "$r" || continue
+    echo
+    echo "Cost of the router plugin ($r = the same channel with plugins/rust/router; a req/s ratio of 0.90 means the plugin costs 10%):"
+    echo
+    echo "| body | conns | no plugin req/s | $r req/s | req/s plugin/none | p99 plugin/none |"
+    echo "|---|--:|--:|--:|--:|--:|"
+    for s in $SIZES; do
+      for c in $CONNS; do
+        echo "| $s | $c | $(fmt_rps "${RPS[mediary|$s|$c]}") | $(fmt_rps "${RPS[$r|$s|$c]}") | $(ratio "${RPS[$r|$s|$c]}" "${RPS[mediary|$s|$c]}") | $(ratio "${P99[$r|$s|$c]:-}" "${P99[mediary|$s|$c]:-}") |"
+      done
+    done
+  done
   if ((${#NOTES[@]} > 0)); then
     echo
     echo "Notes:"

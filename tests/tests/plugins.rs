@@ -150,7 +150,13 @@ fn router_sends_each_resource_type_to_its_route() {
             json!({"by": "body", "routes": routes}),
         ),
     ] {
-        let plugin = json!({"name": "router", "config": config});
+        // The router logs its decisions at debug: the first channel keeps them, the others keep
+        // only info and above (the default).
+        let plugin = if name == "fhir" {
+            json!({"name": "router", "config": config, "logLevel": "debug"})
+        } else {
+            json!({"name": "router", "config": config})
+        };
         let mut channel = plugin_channel_json(name, pattern, patients.port(), plugin);
         channel["routes"] = json!([
             {"name": "patients", "host": "127.0.0.1", "port": patients.port(), "primary": true},
@@ -231,6 +237,12 @@ fn router_sends_each_resource_type_to_its_route() {
         .header("x-resource-type", "Observation")
         .send();
     assert_eq!(by_header.text(), "observations");
+    let quiet = record_of(&api, &by_header);
+    assert_eq!(quiet["plugin"]["name"], "router", "{quiet:#}");
+    assert!(
+        quiet.get("pluginLog").is_none(),
+        "debug lines kept: {quiet:#}"
+    );
     let no_header = client.get(mediary.url("/by-header")).send();
     assert_eq!(no_header.status(), 404);
     assert!(

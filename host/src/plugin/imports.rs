@@ -16,7 +16,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{clock, config, kv, log, outbound_http, types};
-use super::spec::AllowedHost;
+use super::spec::{AllowedHost, LogLevel};
 use crate::channel::Route;
 use crate::proxy::headers;
 use crate::proxy::record::TxRecording;
@@ -49,6 +49,8 @@ pub struct Grants {
     pub kv_namespace: String,
     pub store: Arc<dyn Store>,
     pub allowed_hosts: Vec<AllowedHost>,
+    /// Log lines below this level are not kept with the transaction.
+    pub log_level: LogLevel,
     /// Most outbound calls one request may make.
     pub outbound_max_calls: u32,
     /// Largest outbound response body.
@@ -208,13 +210,16 @@ impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
         let grants = &self.grants;
         let level = match level {
-            log::Level::Trace => "trace",
-            log::Level::Debug => "debug",
-            log::Level::Info => "info",
-            log::Level::Warn => "warn",
-            log::Level::Error => "error",
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
         };
-        tracing::debug!(channel = %grants.channel, plugin = %grants.plugin, level, fields = ?fields, "{message}");
+        tracing::debug!(channel = %grants.channel, plugin = %grants.plugin, level = level.as_str(), fields = ?fields, "{message}");
+        if level < grants.log_level {
+            return;
+        }
         let Some(call) = &mut self.call else { return };
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         if call.log_lines >= MAX_LOG_LINES || call.log_bytes + size > MAX_LOG_BYTES {
@@ -225,7 +230,7 @@ impl log::Host for HostState {
         call.log_bytes += size;
         if let Some(recording) = &call.recording {
             recording.plugin_log(PluginLogLine {
-                level: level.to_owned(),
+                level: level.as_str().to_owned(),
                 message,
                 fields,
                 timestamp: Timestamp::now(),

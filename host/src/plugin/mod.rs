@@ -24,4 +24,4 @@ pub mod spec;
 pub use call::{BoundPlugin, CallEnv, Failure, Session};
 pub use engine::{LoadError, PluginEngine};
 pub use registry::{PluginDocument, PluginVersion, Plugins, RollbackError, UploadError, Uploaded};
-pub use spec::{Isolation, OnPluginError, PluginSource, PluginSpec};
+pub use spec::{Isolation, LogLevel, OnPluginError, PluginSource, PluginSpec};

@@ -369,6 +369,7 @@ impl Plugins {
             kv_namespace: channel.id.to_string(),
             store: Arc::clone(&self.store),
             allowed_hosts: spec.allowed_hosts.clone(),
+            log_level: spec.log_level,
             outbound_max_calls: settings.outbound_max_calls,
             outbound_max_response: settings.outbound_max_response,
         });

@@ -5,7 +5,7 @@
 //!   "name": "fhir-router", "version": 3,          // or "file": "plugins/router.wasm"
 //!   "config": { "routes": { "Patient": "patients" } },
 //!   "isolation": "reuse", "deadlineMs": 100, "memoryLimit": "64MiB",
-//!   "allowedHosts": ["terminology.example.org:443"], "maxReuse": 1000
+//!   "allowedHosts": ["terminology.example.org:443"], "maxReuse": 1000, "logLevel": "info"
 //! },
 //! "onPluginError": "fail"
 //! ```
@@ -150,6 +150,44 @@ pub struct PluginSpec {
     pub allowed_hosts: Vec<AllowedHost>,
     /// In `reuse` isolation, how many requests one instance serves before it is replaced.
     pub max_reuse: Option<u32>,
+    /// The least severe plugin log line kept with the transaction (`logLevel`, default `info`).
+    pub log_level: LogLevel,
+}
+
+/// A plugin log line's severity, least severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn parse(text: &str) -> Result<LogLevel, String> {
+        match text {
+            "trace" => Ok(LogLevel::Trace),
+            "debug" => Ok(LogLevel::Debug),
+            "info" => Ok(LogLevel::Info),
+            "warn" => Ok(LogLevel::Warn),
+            "error" => Ok(LogLevel::Error),
+            other => Err(format!(
+                "`{other}` is not one of trace, debug, info, warn, error"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
 }
 
 impl PluginSpec {
@@ -232,6 +270,9 @@ impl PluginSpec {
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| format!("{n} is out of range (1 or more)"))
         });
+        let log_level = f
+            .parsed("logLevel", |s: String| LogLevel::parse(&s))
+            .unwrap_or_default();
         f.finish();
         if errors.0.len() > before {
             return None;
@@ -244,6 +285,7 @@ impl PluginSpec {
             memory_limit,
             allowed_hosts,
             max_reuse,
+            log_level,
         })
     }
 }
@@ -311,7 +353,7 @@ mod tests {
     fn every_problem_is_reported() {
         let errors = parse(json!({
             "name": "Bad Name", "config": 3, "isolation": "sometimes", "deadlineMs": 0,
-            "allowedHosts": ["http://x/"], "colour": 1
+            "allowedHosts": ["http://x/"], "colour": 1, "logLevel": "verbose"
         }))
         .unwrap_err();
         for field in [
@@ -321,6 +363,7 @@ mod tests {
             "plugin.deadlineMs",
             "plugin.allowedHosts",
             "plugin.colour",
+            "plugin.logLevel",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(field)),

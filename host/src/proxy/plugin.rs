@@ -109,6 +109,12 @@ impl Proxy {
         let action = session.on_request(&request).await;
         let decision = action.and_then(|action| self.decide(channel, bound, action));
         match decision {
+            // A plugin that does not transform gives its instance back now rather than holding it
+            // through the upstream's answer: fewer live instances, warmer caches.
+            Ok(Ok(decision)) if !bound.transforms() => {
+                drop(session);
+                Ok(Some((decision, None)))
+            }
             Ok(Ok(decision)) => Ok(Some((decision, Some(PluginTurn { session, request })))),
             Ok(Err(rejection)) => Err(rejection),
             Err(failure) => self.plugin_failed(channel, &bound.run.name, failure, recording),
