@@ -368,6 +368,9 @@ fn lab_csv_becomes_a_fhir_transaction_and_the_answer_csv() {
     let orchestrations = record["orchestrations"].as_array().expect("orchestrations");
     assert_eq!(orchestrations.len(), 1, "{record:#}");
     assert_eq!(orchestrations[0]["name"], "lab route");
+    // The orchestration shows the request as the plugin rewrote it; the record keeps the client's.
+    assert_eq!(orchestrations[0]["request"]["path"], "/fhir", "{record:#}");
+    assert_eq!(orchestrations[0]["request"]["method"], "POST", "{record:#}");
     assert_eq!(orchestrations[0]["response"]["status"], 200, "{record:#}");
     assert_eq!(record["plugin"]["name"], "mediary_lab_csv");
     assert_eq!(record["plugin"]["sha256"], sha256_of(LAB_CSV));

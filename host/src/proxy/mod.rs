@@ -269,6 +269,7 @@ impl Proxy {
         let mut body = body;
         let mut target = plugin::Target::ChannelRoutes;
         let mut turn = None;
+        let mut rewritten = false;
         let consulted = self
             .consult_plugin(&channel, &parts, &body, id, recording.as_ref())
             .await;
@@ -293,6 +294,7 @@ impl Proxy {
             ))) => {
                 if let Some(rewrite) = rewrite {
                     apply_rewrite(&mut parts, &mut body, *rewrite);
+                    rewritten = true;
                 }
                 target = to;
                 turn = plugin_turn;
@@ -339,9 +341,17 @@ impl Proxy {
             plugin::Target::Url(route, path) => {
                 cancel_secondaries(recording.as_ref());
                 parts.uri = Uri::from(path);
+                rewritten = true;
                 route
             }
         };
+        if let (Some(recording), true) = (&recording, rewritten) {
+            recording.sent_upstream(
+                parts.method.as_str(),
+                parts.uri.path(),
+                parts.uri.query().unwrap_or(""),
+            );
+        }
         let headers = std::mem::take(&mut parts.headers);
         let outcome = match upstream_request(&route, &parts, headers, body, &channel) {
             Ok(request) => self.send_primary(&channel, &route, request, timeout).await,

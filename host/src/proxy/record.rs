@@ -37,6 +37,8 @@ struct State {
     secondaries_left: usize,
     primary_done: bool,
     finished: bool,
+    /// Method, path and query as sent to the answering route, when a plugin changed them.
+    sent: Option<(String, String, String)>,
 }
 
 /// What the recording needs to know about the request.
@@ -141,6 +143,7 @@ impl TxRecording {
                 secondaries_left: secondaries,
                 primary_done: false,
                 finished: false,
+                sent: None,
             }),
         });
         Ok((recording, seq))
@@ -180,10 +183,22 @@ impl TxRecording {
             timestamp: now,
         });
         if let Some(route) = route {
-            let exchange =
-                self.orchestration(&state.tx, route, Some(upstream_status.as_u16()), None, now);
+            let exchange = self.orchestration(
+                &state.tx,
+                state.sent.as_ref(),
+                route,
+                Some(upstream_status.as_u16()),
+                None,
+                now,
+            );
             state.tx.orchestrations.push(exchange);
         }
+    }
+
+    /// A plugin rewrote the request: this is the method, path and query the route is sent (its
+    /// orchestration shows them; the transaction's request stays the client's).
+    pub fn sent_upstream(&self, method: &str, path: &str, query: &str) {
+        self.lock().sent = Some((method.to_owned(), path.to_owned(), query.to_owned()));
     }
 
     /// The channel's secondary routes will not be called (a plugin chose one route).
@@ -261,7 +276,14 @@ impl TxRecording {
             timestamp: now,
         });
         if let Some(route) = route {
-            let exchange = self.orchestration(&state.tx, route, None, Some(&message), now);
+            let exchange = self.orchestration(
+                &state.tx,
+                state.sent.as_ref(),
+                route,
+                None,
+                Some(&message),
+                now,
+            );
             state.tx.orchestrations.push(exchange);
         }
         state.tx.error = Some(ErrorDetails::new(message));
@@ -347,6 +369,7 @@ impl TxRecording {
     fn orchestration(
         &self,
         tx: &Transaction,
+        sent: Option<&(String, String, String)>,
         route: &Route,
         status: Option<u16>,
         error: Option<&str>,
@@ -355,13 +378,15 @@ impl TxRecording {
         // The primary's request and response are the transaction's own (headers and bodies are not
         // stored twice); the orchestration says where it went, when, and how it ended.
         let request = &tx.request;
-        let mut exchange = route_exchange(
-            route,
-            &request.method,
-            &request.path,
-            &request.querystring,
-            request.timestamp,
-        );
+        let (method, path, query) = match &sent {
+            Some((method, path, query)) => (method.as_str(), path.as_str(), query.as_str()),
+            None => (
+                request.method.as_str(),
+                request.path.as_str(),
+                request.querystring.as_str(),
+            ),
+        };
+        let mut exchange = route_exchange(route, method, path, query, request.timestamp);
         exchange.response = status.map(|status| ResponseRecord {
             status,
             headers: Headers::default(),
