@@ -310,7 +310,7 @@ pub struct Session {
     plugin: Arc<BoundPlugin>,
     worker: usize,
     instance: Option<Instance>,
-    /// A call trapped: the instance must not be used again.
+    /// A call trapped, or was abandoned mid-way: the instance must not be used again.
     poisoned: bool,
 }
 
@@ -368,6 +368,9 @@ impl Session {
             });
         }
         let first_slice = self.plugin.first_slice();
+        // Until the call returns, the instance is suspect: if the request is dropped mid-call (the
+        // client went away), the instance may be stopped half-way and must not serve again.
+        self.poisoned = true;
         let instance = self.instance.as_mut().ok_or(Failure::Busy)?;
         if let Some(call) = &mut instance.store.data_mut().call {
             call.started = Instant::now();
@@ -380,9 +383,11 @@ impl Session {
 
     fn end<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, Failure> {
         match result {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                self.poisoned = false;
+                Ok(value)
+            }
             Err(error) => {
-                self.poisoned = true;
                 let failure = match &self.instance {
                     Some(instance) => classify(&error, instance.store.data()),
                     None => Failure::Trap {
