@@ -957,6 +957,15 @@ fn a_plugin_gets_the_capabilities_its_channel_grants() {
         ]
     );
 
+    // Past the per-request budget lines are counted, not kept.
+    let flood = record_of(&api, &get("/a/log-flood"));
+    assert_eq!(
+        flood["pluginLog"].as_array().map(Vec::len),
+        Some(100),
+        "{flood:#}"
+    );
+    assert_eq!(flood["properties"]["pluginLogDropped"], 50, "{flood:#}");
+
     // clock
     let clock = get("/a/clock").json();
     let plugin_now = clock["nowMs"].as_u64().expect("nowMs");

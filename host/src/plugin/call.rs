@@ -353,14 +353,6 @@ impl Session {
         self.end(result)
     }
 
-    /// Lines the plugin logged past the per-request budget.
-    pub fn dropped_log_lines(&self) -> u32 {
-        self.instance
-            .as_ref()
-            .and_then(|i| i.store.data().call.as_ref())
-            .map_or(0, |c| c.log_dropped)
-    }
-
     fn begin(&mut self) -> Result<&mut Instance, Failure> {
         if self.poisoned {
             return Err(Failure::Unavailable {
@@ -382,6 +374,16 @@ impl Session {
     }
 
     fn end<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, Failure> {
+        // Log lines past the budget are not kept, but the record says how many there were.
+        if let Some(call) = self
+            .instance
+            .as_ref()
+            .and_then(|i| i.store.data().call.as_ref())
+            && call.log_dropped > 0
+            && let Some(recording) = &call.recording
+        {
+            recording.set_property("pluginLogDropped", call.log_dropped.into());
+        }
         match result {
             Ok(value) => {
                 self.poisoned = false;

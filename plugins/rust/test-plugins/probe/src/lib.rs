@@ -13,6 +13,7 @@
 //! | `kv-set` | 200, `{"key", "set": null}` after setting query `key` to `value`, with `ttl` milliseconds if given |
 //! | `outbound` | 200, `{"status", "body", "error"}` after a GET of query `url` (percent-decoded): `status` and `body` (as text) of the answer, or `null`s and `"error": {"case": "<WIT case name>", "text": "<its text or null>"}`; 400 without `url` |
 //! | `log` | logs a line at `info`, `warn` and `error` with fields, then forwards to the channel's routes |
+//! | `log-flood` | logs 150 lines at `info` (past the host's per-request budget of 100), then forwards |
 //! | `clock` | 200, `{"nowMs", "monotonicNs"}` |
 //! | `echo` | 200, the request as the plugin saw it: `{"method", "path", "query", "headers": [[name, value], ...], "body", "client": {"id", "roles"} or null, "channel", "transactionId"}` |
 //! | anything else | forwards to the channel's routes |
@@ -122,6 +123,12 @@ impl Router for Probe {
                 log::info("Probe line one.", &[("level", "info"), ("n", "1")]);
                 log::warn("Probe line two.", &[("level", "warn"), ("n", "2")]);
                 log::error("Probe line three.", &[("level", "error"), ("n", "3")]);
+                return Action::forward();
+            }
+            "log-flood" => {
+                for n in 0..150 {
+                    log::info("Flood line.", &[("n", &n.to_string())]);
+                }
                 return Action::forward();
             }
             "clock" => Response::json(
