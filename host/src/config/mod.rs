@@ -231,7 +231,8 @@ pub struct Plugins {
     /// Default 256 MiB.
     pub max_memory: u64,
     /// Plugin instances alive at once in this process, all channels and workers together (the
-    /// pooling allocator's size). Past it, requests on plugin channels get 503. Default 1000.
+    /// pooling allocator's size). Past it, requests on plugin channels get 503. Default 1000. Each
+    /// slot reserves address space (a 4 GiB memory and its guards), not memory.
     pub max_instances: u32,
     /// `per-request` (a fresh instance for each request) or `reuse` (warm instances kept per
     /// worker). Default `reuse`; see the README for the trade-off.
