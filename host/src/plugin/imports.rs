@@ -19,11 +19,11 @@ use super::bindings::{clock, config, kv, log, outbound_http, types};
 use super::spec::{AllowedHost, LogLevel};
 use crate::channel::Route;
 use crate::proxy::headers;
-use crate::proxy::record::TxRecording;
+use crate::proxy::record::{TxRecording, answer_record};
 use crate::proxy::upstream::Upstreams;
 use crate::store::{Store, StoreError};
 use crate::transaction::{
-    ErrorDetails, Exchange, Headers, PluginLogLine, RequestRecord, ResponseRecord, Timestamp,
+    ErrorDetails, Exchange, Headers, PluginLogLine, RequestRecord, Timestamp,
 };
 
 /// Most log lines kept per request; later ones are counted, not kept.
@@ -513,16 +513,7 @@ impl outbound_http::Host for HostState {
         };
         let answer = match result {
             Ok((parts, body)) => {
-                let (stored, truncated) = recording
-                    .as_ref()
-                    .map_or((None, false), |r| r.store_route_body(&body));
-                recorded.response = Some(ResponseRecord {
-                    status: parts.status.as_u16(),
-                    headers: Headers::redacted(&parts.headers),
-                    body: stored,
-                    body_truncated: truncated,
-                    timestamp: Timestamp::now(),
-                });
+                recorded.response = Some(answer_record(recording.as_ref(), &parts, &body));
                 Ok(types::Response {
                     status: parts.status.as_u16(),
                     headers: super::output::fields_of(&parts.headers),

@@ -43,12 +43,12 @@ use crate::channel::{AuthType, Channel, PathRewrite, Route};
 use crate::metrics::WorkerMetrics;
 use crate::plugin::output as plugin_output;
 use crate::recorder::spool::Spool;
-use crate::transaction::{ErrorDetails, Headers, ResponseRecord, Timestamp};
+use crate::transaction::{ErrorDetails, Timestamp};
 use body::ProxyBody;
 use conn::{ConnState, RequestGuard};
 use error::{ProxyError, root_cause};
 use headers::{X_MEDIARY_TRANSACTION_ID, X_OPENHIM_TRANSACTIONID};
-use record::{RequestFacts, TxRecording, route_exchange};
+use record::{RequestFacts, TxRecording, answer_record, route_exchange};
 use upstream::{Lease, PoolSettings, UpstreamError, Upstreams};
 
 /// One worker's proxy: the shared state plus this worker's own upstream connection pool and spool.
@@ -483,16 +483,7 @@ impl Proxy {
             match result {
                 Ok((parts, body)) => {
                     tracing::debug!(channel = %names.0, route = %names.1, status = %parts.status, "Secondary route answered.");
-                    let (stored, truncated) = recording
-                        .as_ref()
-                        .map_or((None, false), |r| r.store_route_body(&body));
-                    exchange.response = Some(ResponseRecord {
-                        status: parts.status.as_u16(),
-                        headers: Headers::redacted(&parts.headers),
-                        body: stored,
-                        body_truncated: truncated,
-                        timestamp: Timestamp::now(),
-                    });
+                    exchange.response = Some(answer_record(recording.as_ref(), &parts, &body));
                 }
                 Err(error) => {
                     tracing::warn!(channel = %names.0, route = %names.1, %error, "Secondary route failed.");

@@ -403,6 +403,23 @@ impl TxRecording {
     }
 }
 
+/// The record of an upstream's answer to a secondary route or a plugin's call: status, redacted
+/// headers, and the body within the transaction's budget (none when not recording).
+pub fn answer_record(
+    recording: Option<&Arc<TxRecording>>,
+    parts: &http::response::Parts,
+    body: &Bytes,
+) -> ResponseRecord {
+    let (stored, truncated) = recording.map_or((None, false), |r| r.store_route_body(body));
+    ResponseRecord {
+        status: parts.status.as_u16(),
+        headers: Headers::redacted(&parts.headers),
+        body: stored,
+        body_truncated: truncated,
+        timestamp: Timestamp::now(),
+    }
+}
+
 /// Builds the route entry of a secondary route's call.
 pub fn route_exchange(
     route: &Route,
