@@ -205,6 +205,14 @@ impl PathRewrite {
     }
 }
 
+/// `host:port` as it goes in a URI or `Host` header, IPv6 literals bracketed.
+fn authority(host: &str, port: u16) -> String {
+    match host.parse::<Ipv6Addr>() {
+        Ok(_) => format!("[{host}]:{port}"),
+        Err(_) => format!("{host}:{port}"),
+    }
+}
+
 /// An upstream a channel sends requests to.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -247,10 +255,7 @@ impl Route {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(if secured { 443 } else { 80 });
-        let authority = match host.parse::<Ipv6Addr>() {
-            Ok(_) => format!("[{host}]:{port}"),
-            Err(_) => format!("{host}:{port}"),
-        };
+        let authority = authority(&host, port);
         let host_header = HeaderValue::from_str(&authority)
             .map_err(|_| format!("`{host}` cannot be sent as a Host header"))?;
         Ok(Route {
@@ -340,10 +345,7 @@ impl Route {
             return None;
         }
         let (name, host, port) = (name?, host?, port?);
-        let authority = match host.parse::<Ipv6Addr>() {
-            Ok(_) => format!("[{host}]:{port}"),
-            Err(_) => format!("{host}:{port}"),
-        };
+        let authority = authority(&host, port);
         let Ok(host_header) = HeaderValue::from_str(&authority) else {
             errors.push(
                 format!("{path}.host"),

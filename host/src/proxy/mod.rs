@@ -364,7 +364,7 @@ impl Proxy {
                 let response = client_response(response, &parts.method);
                 match turn.as_mut().filter(|t| t.transforms()) {
                     Some(turn) => {
-                        let limit = self.transform_limit(&channel);
+                        let limit = self.body_limit(&channel);
                         match read_limited(response, lease, timeout, &channel, &route, limit).await
                         {
                             Ok(response) => self
@@ -399,11 +399,19 @@ impl Proxy {
         }
     }
 
-    /// The largest upstream body a transforming plugin is given.
-    fn transform_limit(&self, channel: &Channel) -> u64 {
+    /// The channel's body limit (`maxBodySize`, else `limits.max_request_body`): for the client's
+    /// request, for what a plugin returns, and for an upstream answer handed to a plugin.
+    fn body_limit(&self, channel: &Channel) -> u64 {
         channel
             .max_body_size
             .unwrap_or(self.shared.config.limits.max_request_body)
+    }
+
+    /// The channel's upstream timeout (`timeout`, else `timeouts.upstream_response`).
+    fn timeout(&self, channel: &Channel) -> Duration {
+        channel
+            .timeout
+            .unwrap_or(self.shared.config.timeouts.upstream_response)
     }
 
     async fn send_primary(
@@ -587,9 +595,7 @@ impl Proxy {
         if body.is_end_stream() {
             return Ok(Bytes::new());
         }
-        let limit = channel
-            .max_body_size
-            .unwrap_or(self.shared.config.limits.max_request_body);
+        let limit = self.body_limit(channel);
         let too_large = || ProxyError::BodyTooLarge {
             channel: channel.name.clone(),
             limit,

@@ -252,19 +252,6 @@ impl Proxy {
             }
         }
     }
-
-    /// The largest body a plugin may hand back on this channel.
-    fn body_limit(&self, channel: &Channel) -> u64 {
-        channel
-            .max_body_size
-            .unwrap_or(self.shared.config.limits.max_request_body)
-    }
-
-    pub(super) fn timeout(&self, channel: &Channel) -> std::time::Duration {
-        channel
-            .timeout
-            .unwrap_or(self.shared.config.timeouts.upstream_response)
-    }
 }
 
 /// The plugin's name as configured, for errors about a plugin that could not be loaded.
