@@ -21,7 +21,6 @@ use crate::proxy::Proxy;
 use crate::proxy::conn::{self, ConnSettings};
 use crate::recorder::{self, spool::Spool};
 use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
 use crate::{Shared, api, reload, retention};
 
 /// The sockets Mediary serves on, bound before it starts: one proxy socket per worker, all on the
@@ -91,10 +90,7 @@ pub async fn run(
     let data_dir = config.store.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&data_dir)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?,
-    );
+    let store: Arc<dyn Store> = crate::store::open(&config.store).await?;
     let spool_dir = recorder::prepare(&data_dir)
         .with_context(|| format!("creating the spool folder in {}", data_dir.display()))?;
     let recovery = recorder::recover(&spool_dir, &*store, &config.server.instance)

@@ -29,6 +29,7 @@ pub struct Config {
     pub upstream: Upstream,
     pub log: Log,
     pub store: StoreConfig,
+    pub cluster: Cluster,
     pub recording: Recording,
     pub retention: Retention,
     pub api: Api,
@@ -161,6 +162,21 @@ pub struct StoreConfig {
     /// paths are relative to the config file's folder. Default `data` (`config/default.toml` sets
     /// `../data`, i.e. `data/` beside `config/`). Created if missing.
     pub data_dir: PathBuf,
+    /// The shared Redis store, when `store.url` is set (`redis://`, `rediss://`,
+    /// `redis+sentinel://`); otherwise the embedded store in `data_dir`. The spool stays in
+    /// `data_dir` either way.
+    pub redis: Option<crate::store::redis::RedisSettings>,
+}
+
+/// `[cluster]`: how instances sharing a Redis store see each other.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// How often this instance writes its heartbeat (name, applied configuration generation) to
+    /// the store. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// An instance whose last heartbeat is older than this is gone from `GET /cluster`. Default
+    /// 5 s; at least twice `heartbeat_interval`.
+    pub instance_ttl: Duration,
 }
 
 /// `[recording]`: how transactions are recorded.
@@ -330,6 +346,7 @@ impl Config {
         let upstream = root.raw("upstream").unwrap_or(&empty);
         let log = root.raw("log").unwrap_or(&empty);
         let store = root.raw("store").unwrap_or(&empty);
+        let cluster = root.raw("cluster").unwrap_or(&empty);
         let recording = root.raw("recording").unwrap_or(&empty);
         let retention = root.raw("retention").unwrap_or(&empty);
         let api = root.raw("api").unwrap_or(&empty);
@@ -343,6 +360,7 @@ impl Config {
         let upstream = parse_upstream(upstream, base, &mut errors);
         let log = parse_log(log, &mut errors);
         let store = parse_store(store, base, &mut errors);
+        let cluster = parse_cluster(cluster, &mut errors);
         let recording = parse_recording(recording, &mut errors);
         let retention = parse_retention(retention, &mut errors);
         let api = parse_api(api, &mut errors);
@@ -361,6 +379,7 @@ impl Config {
                 upstream,
                 log,
                 store,
+                cluster,
                 recording,
                 retention,
                 api,
@@ -435,10 +454,65 @@ fn parse_store(value: &Value, base: &Path, errors: &mut FieldErrors) -> StoreCon
     let data_dir = f
         .optional::<PathBuf>("data_dir")
         .unwrap_or_else(|| PathBuf::from("data"));
+    let url = f.optional::<String>("url");
+    let prefix = f.optional::<String>("prefix");
+    let timeout = f.duration("timeout", Duration::from_secs(2));
+    let poll_interval = f.duration("poll_interval", Duration::from_millis(500));
+    if timeout.is_zero() {
+        f.error("timeout", "must be more than 0");
+    }
+    if poll_interval.is_zero() {
+        f.error("poll_interval", "must be more than 0");
+    }
+    let prefix = prefix.unwrap_or_else(|| "mediary:".to_owned());
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        f.error(
+            "prefix",
+            "must be 1 to 64 characters without spaces or control characters",
+        );
+    }
+    let redis = match url {
+        Some(url) => match crate::store::redis::RedisTarget::parse(&url) {
+            Ok(target) => Some(crate::store::redis::RedisSettings {
+                target,
+                prefix,
+                timeout,
+                poll_interval,
+            }),
+            Err(reason) => {
+                f.error("url", reason);
+                None
+            }
+        },
+        None => None,
+    };
     f.finish();
     StoreConfig {
         data_dir: base.join(data_dir),
+        redis,
     }
+}
+
+fn parse_cluster(value: &Value, errors: &mut FieldErrors) -> Cluster {
+    let mut f = Fields::new("cluster", value, errors);
+    let c = Cluster {
+        heartbeat_interval: f.duration("heartbeat_interval", Duration::from_secs(1)),
+        instance_ttl: f.duration("instance_ttl", Duration::from_secs(5)),
+    };
+    if c.heartbeat_interval.is_zero() {
+        f.error("heartbeat_interval", "must be more than 0");
+    }
+    if c.instance_ttl < c.heartbeat_interval * 2 {
+        f.error(
+            "instance_ttl",
+            "must be at least twice heartbeat_interval, or live instances would blink out",
+        );
+    }
+    f.finish();
+    c
 }
 
 fn parse_recording(value: &Value, errors: &mut FieldErrors) -> Recording {

@@ -21,7 +21,7 @@ use regex::Regex;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Collection, ResponseStatus, Store, StoreError, StoredTx, TxQuery};
+use super::{Collection, InstanceBeat, ResponseStatus, Store, StoreError, StoredTx, TxQuery};
 use crate::transaction::{
     Body, Exchange, Headers, RequestRecord, ResponseRecord, Stage, Status, Timestamp, Transaction,
 };
@@ -54,6 +54,7 @@ macro_rules! store_contract_tests {
             kv_expiry => case_kv_expiry,
             kv_increment => case_kv_increment,
             kv_compare_and_set => case_kv_compare_and_set,
+            instances => case_instances,
         );
     };
     (@cases $make:expr; $($test:ident => $case:ident),* $(,)?) => {
@@ -1735,5 +1736,53 @@ pub async fn case_kv_compare_and_set(store: Arc<dyn Store>) {
     assert_eq!(
         store.kv_get(ns, "bytes").await.unwrap(),
         Some(Bytes::from_static(b"\xff"))
+    );
+}
+
+// ----- instances -----
+
+fn beat(instance: &str, run_id: &str, generation: u64) -> InstanceBeat {
+    InstanceBeat {
+        instance: instance.into(),
+        run_id: run_id.into(),
+        started: BASE_MS,
+        heartbeat: BASE_MS + generation,
+        generation,
+        workers: 2,
+        version: "0.1.0".into(),
+        proxy: "127.0.0.1:5001".into(),
+        api: "127.0.0.1:8080".into(),
+    }
+}
+
+pub async fn case_instances(store: Arc<dyn Store>) {
+    assert!(store.instances().await.unwrap().is_empty());
+    let long = Duration::from_secs(60);
+    store.heartbeat(&beat("b", "run-b", 1), long).await.unwrap();
+    store.heartbeat(&beat("a", "run-a", 1), long).await.unwrap();
+    // A later heartbeat of the same instance replaces the earlier.
+    store.heartbeat(&beat("a", "run-a", 7), long).await.unwrap();
+    assert_eq!(
+        store.instances().await.unwrap(),
+        vec![beat("a", "run-a", 7), beat("b", "run-b", 1)]
+    );
+    // Leaving needs the run that is there: an old run's shutdown does not remove its successor.
+    store.leave("a", "an-older-run").await.unwrap();
+    assert_eq!(store.instances().await.unwrap().len(), 2);
+    store.leave("a", "run-a").await.unwrap();
+    assert_eq!(
+        store.instances().await.unwrap(),
+        vec![beat("b", "run-b", 1)]
+    );
+    // A heartbeat not renewed within its TTL is gone.
+    store
+        .heartbeat(&beat("c", "run-c", 2), Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(store.instances().await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        store.instances().await.unwrap(),
+        vec![beat("b", "run-b", 1)]
     );
 }

@@ -108,7 +108,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{Collection, Culled, Store, StoreError, StoreResult, StoredTx, TxQuery, ttl_millis};
+use super::{
+    Collection, Culled, InstanceBeat, Store, StoreError, StoreResult, StoredTx, TxQuery, ttl_millis,
+};
 use crate::transaction::{RequestRecord, ResponseRecord, Stage, Status, Timestamp, Transaction};
 
 /// The database file inside the data directory.
@@ -169,6 +171,9 @@ pub struct EmbeddedStore {
     /// The thread that makes key-value writes durable (see [`Pending`]); stopped and joined when
     /// the store is dropped, so that the last sync happens as the store closes, not after.
     flusher: Option<JoinHandle<()>>,
+    /// Heartbeats, kept in memory: only this process uses an embedded store, so its cluster is
+    /// itself, and a heartbeat from before a restart means nothing.
+    beats: Mutex<HashMap<String, (InstanceBeat, std::time::Instant)>>,
 }
 
 /// What the blocking halves share.
@@ -299,6 +304,7 @@ impl EmbeddedStore {
             path,
             generation: Arc::new(watch::channel(generation).0),
             flusher: Some(flusher),
+            beats: Mutex::default(),
         })
     }
 
@@ -2543,6 +2549,34 @@ impl Store for EmbeddedStore {
             })
         })
         .await
+    }
+
+    // ----- instances -----
+
+    async fn heartbeat(&self, beat: &InstanceBeat, ttl: Duration) -> StoreResult<()> {
+        let until = std::time::Instant::now() + ttl;
+        self.beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(beat.instance.clone(), (beat.clone(), until));
+        Ok(())
+    }
+
+    async fn instances(&self) -> StoreResult<Vec<InstanceBeat>> {
+        let now = std::time::Instant::now();
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        beats.retain(|_, (_, until)| *until > now);
+        let mut live: Vec<InstanceBeat> = beats.values().map(|(b, _)| b.clone()).collect();
+        live.sort_by(|a, b| a.instance.cmp(&b.instance));
+        Ok(live)
+    }
+
+    async fn leave(&self, instance: &str, run_id: &str) -> StoreResult<()> {
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        if beats.get(instance).is_some_and(|(b, _)| b.run_id == run_id) {
+            beats.remove(instance);
+        }
+        Ok(())
     }
 }
 

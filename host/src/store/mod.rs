@@ -20,6 +20,7 @@
 #[cfg(test)]
 pub mod contract;
 pub mod embedded;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,6 +34,50 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::transaction::{Stage, Status, Timestamp, Transaction};
+
+/// One instance's heartbeat: who it is and which configuration it has applied. `GET /cluster`
+/// lists the live ones, so an operator can see a change reach every instance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceBeat {
+    /// `server.instance`: the name recorded on its transactions.
+    pub instance: String,
+    /// A random id of this run of the process, telling a restarted instance (or a second one
+    /// wrongly given the same name) from the one before.
+    pub run_id: String,
+    /// When the process started, milliseconds since the epoch.
+    pub started: u64,
+    /// When this heartbeat was sent, milliseconds since the epoch.
+    pub heartbeat: u64,
+    /// The configuration generation its channel table was built from.
+    pub generation: u64,
+    pub workers: usize,
+    /// Mediary's version.
+    pub version: String,
+    /// The proxy's and the API's listening addresses.
+    pub proxy: String,
+    pub api: String,
+}
+
+/// Opens the store the configuration names: Redis when `store.url` is set, else the embedded store
+/// in `store.data_dir`.
+pub async fn open(config: &crate::config::StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    use anyhow::Context as _;
+    match &config.redis {
+        Some(settings) => {
+            let target = settings.target.to_string();
+            redis::connect(settings.clone())
+                .await
+                .with_context(|| format!("connecting to the Redis store at {target}"))
+        }
+        None => {
+            let dir = &config.data_dir;
+            let store = embedded::EmbeddedStore::open(dir)
+                .with_context(|| format!("opening the store in {}", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
 
 /// A kind of configuration document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -281,6 +326,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> StoreResult<Culled>;
     /// Deletes up to `limit` whole records with ids below `before`; returns how many.
     async fn delete_transactions(&self, before: Uuid, limit: usize) -> StoreResult<u64>;
+
+    // ----- instances -----
+
+    /// Records `beat` as this instance's latest heartbeat (replacing the previous one with the
+    /// same `instance` name); it counts as live for `ttl` from now.
+    async fn heartbeat(&self, beat: &InstanceBeat, ttl: Duration) -> StoreResult<()>;
+    /// The instances with a live heartbeat, by name.
+    async fn instances(&self) -> StoreResult<Vec<InstanceBeat>>;
+    /// Removes the heartbeat of `instance` if it is still the one of `run_id` (a clean shutdown).
+    async fn leave(&self, instance: &str, run_id: &str) -> StoreResult<()>;
 
     // ----- state -----
 
