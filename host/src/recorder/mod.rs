@@ -120,8 +120,14 @@ pub async fn recover(dir: &Path, store: &dyn Store, instance: &str) -> anyhow::R
 /// Marks every record of `instance` still `Processing` as interrupted; returns how many.
 async fn mark_interrupted(store: &dyn Store, instance: &str) -> anyhow::Result<usize> {
     let mut marked = 0;
+    let mut after = Uuid::nil();
     loop {
-        let ids = store.processing(1_000).await?;
+        // Other instances' records (a shared store) are passed over, so page through them all.
+        let ids = store.processing(after, 1_000).await?;
+        let Some(last) = ids.last() else {
+            return Ok(marked);
+        };
+        after = *last;
         let mut changed = 0;
         for id in &ids {
             let instance = instance.to_owned();
@@ -143,7 +149,7 @@ async fn mark_interrupted(store: &dyn Store, instance: &str) -> anyhow::Result<u
             }
         }
         marked += changed;
-        if changed == 0 || ids.len() < 1_000 {
+        if ids.len() < 1_000 {
             return Ok(marked);
         }
     }

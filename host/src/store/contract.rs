@@ -331,7 +331,7 @@ pub async fn case_stage_ordering(store: Arc<dyn Store>) {
         Some(other_final)
     );
     assert_eq!(store.count_transactions().await.unwrap(), 2);
-    assert!(store.processing(10).await.unwrap().is_empty());
+    assert!(store.processing(Uuid::nil(), 10).await.unwrap().is_empty());
     assert_eq!(store.transaction(id_at(3, 0)).await.unwrap(), None);
     store.put_transactions(Vec::new()).await.unwrap();
 }
@@ -378,14 +378,17 @@ pub async fn case_index_follows_status(store: Arc<dyn Store>) {
     };
     assert_eq!(list_ids(&*store, &processing).await, vec![begun.id]);
     assert_eq!(list_ids(&*store, &processing_in_a).await, vec![begun.id]);
-    assert_eq!(store.processing(10).await.unwrap(), vec![begun.id]);
+    assert_eq!(
+        store.processing(Uuid::nil(), 10).await.unwrap(),
+        vec![begun.id]
+    );
 
     let mut done = begun.clone();
     done.status = Status::Successful;
     put(&*store, Stage::Final, std::slice::from_ref(&done)).await;
     assert!(list_ids(&*store, &processing).await.is_empty());
     assert!(list_ids(&*store, &processing_in_a).await.is_empty());
-    assert!(store.processing(10).await.unwrap().is_empty());
+    assert!(store.processing(Uuid::nil(), 10).await.unwrap().is_empty());
     assert_eq!(list_ids(&*store, &successful).await, vec![begun.id]);
     let a_successful = TxQuery {
         channel_id: Some("a".into()),
@@ -730,7 +733,7 @@ pub async fn case_modify(store: Arc<dyn Store>) {
         list_ids(&*store, &processing).await.is_empty(),
         "re-indexed"
     );
-    assert!(store.processing(10).await.unwrap().is_empty());
+    assert!(store.processing(Uuid::nil(), 10).await.unwrap().is_empty());
     let successful_in_a = TxQuery {
         channel_id: Some("a".into()),
         statuses: vec![Status::Successful],
@@ -793,9 +796,22 @@ pub async fn case_processing(store: Arc<dyn Store>) {
         .filter(|tx| tx.status == Status::Processing)
         .map(|tx| tx.id)
         .collect();
-    assert_eq!(store.processing(100).await.unwrap(), want, "oldest first");
-    assert_eq!(store.processing(2).await.unwrap(), want[..2]);
-    assert!(store.processing(0).await.unwrap().is_empty());
+    assert_eq!(
+        store.processing(Uuid::nil(), 100).await.unwrap(),
+        want,
+        "oldest first"
+    );
+    assert_eq!(store.processing(Uuid::nil(), 2).await.unwrap(), want[..2]);
+    assert!(store.processing(Uuid::nil(), 0).await.unwrap().is_empty());
+    // Paging: after the last id of one page comes the next.
+    assert_eq!(store.processing(want[1], 100).await.unwrap(), want[2..]);
+    assert!(
+        store
+            .processing(want[want.len() - 1], 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// `tx` with every body gone, as culling leaves it.
@@ -962,7 +978,7 @@ pub async fn case_delete_transactions(store: Arc<dyn Store>) {
         assert!(ids.iter().all(|id| remaining.contains(id)));
         assert_eq!(ids, expected(&records[10..], &q));
     }
-    let processing = store.processing(100).await.unwrap();
+    let processing = store.processing(Uuid::nil(), 100).await.unwrap();
     assert!(processing.iter().all(|id| remaining.contains(id)));
     assert_eq!(processing.len(), 3);
     assert_eq!(
@@ -1078,7 +1094,7 @@ pub async fn case_rewrites_then_deletes(store: Arc<dyn Store>) {
         }
     }
     store.put_transactions(first).await.unwrap();
-    assert_eq!(store.processing(100).await.unwrap().len(), 20);
+    assert_eq!(store.processing(Uuid::nil(), 100).await.unwrap().len(), 20);
     let second: Vec<StoredTx> = finals
         .iter()
         .enumerate()
@@ -1086,7 +1102,7 @@ pub async fn case_rewrites_then_deletes(store: Arc<dyn Store>) {
         .map(|(_, tx)| StoredTx::new(tx, Stage::Final))
         .collect();
     store.put_transactions(second).await.unwrap();
-    assert!(store.processing(100).await.unwrap().is_empty());
+    assert!(store.processing(Uuid::nil(), 100).await.unwrap().is_empty());
     let mut want = finals.clone();
     for tx in &mut want[..10] {
         tx.duration_ms = Some(7.0);
@@ -1270,7 +1286,10 @@ pub async fn case_listings_after_churn(store: Arc<dyn Store>) {
                 .map(|tx| tx.id)
                 .collect();
             processing.sort();
-            assert_eq!(store.processing(10_000).await.unwrap(), processing);
+            assert_eq!(
+                store.processing(Uuid::nil(), 10_000).await.unwrap(),
+                processing
+            );
             assert_eq!(
                 store.count_transactions().await.unwrap(),
                 model.len() as u64
@@ -1311,7 +1330,7 @@ pub async fn case_empty_store(store: Arc<dyn Store>) {
     assert!(!store.kind().is_empty());
     assert_eq!(store.count_transactions().await.unwrap(), 0);
     assert_eq!(store.newest_transaction().await.unwrap(), None);
-    assert!(store.processing(10).await.unwrap().is_empty());
+    assert!(store.processing(Uuid::nil(), 10).await.unwrap().is_empty());
     assert!(list_ids(&*store, &query()).await.is_empty());
     assert_eq!(store.delete_transactions(Uuid::max(), 10).await.unwrap(), 0);
     assert!(

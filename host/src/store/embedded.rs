@@ -1732,13 +1732,16 @@ fn list_transactions(inner: &Inner, query: &TxQuery) -> StoreResult<Vec<Transact
     Ok(page.out)
 }
 
-fn processing(inner: &Inner, limit: usize) -> StoreResult<Vec<Uuid>> {
+fn processing(inner: &Inner, after: Uuid, limit: usize) -> StoreResult<Vec<Uuid>> {
     let txn = inner.db.begin_read().context("beginning a read")?;
     let table = txn
         .open_table(PROCESSING)
         .context("opening the processing table")?;
+    let Some(from) = after.as_u128().checked_add(1) else {
+        return Ok(Vec::new());
+    };
     table
-        .iter()
+        .range(from..)
         .context("scanning the processing table")?
         .take(limit)
         .map(|entry| {
@@ -2343,9 +2346,9 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn processing(&self, limit: usize) -> StoreResult<Vec<Uuid>> {
+    async fn processing(&self, after: Uuid, limit: usize) -> StoreResult<Vec<Uuid>> {
         self.run("list processing transactions", move |inner| {
-            processing(inner, limit)
+            processing(inner, after, limit)
         })
         .await
     }
@@ -2919,7 +2922,10 @@ mod tests {
             store.transaction(records[3].id).await.unwrap().as_ref(),
             Some(&records[3])
         );
-        assert_eq!(store.processing(10).await.unwrap(), vec![processing.id]);
+        assert_eq!(
+            store.processing(Uuid::nil(), 10).await.unwrap(),
+            vec![processing.id]
+        );
         let in_b = TxQuery {
             channel_id: Some("b".into()),
             statuses: vec![Status::Successful],

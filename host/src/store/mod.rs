@@ -308,8 +308,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> StoreResult<bool>;
     /// A page of records matching `query`, newest first.
     async fn list_transactions(&self, query: &TxQuery) -> StoreResult<Vec<Transaction>>;
-    /// Ids of records still `Processing`, oldest first, at most `limit`.
-    async fn processing(&self, limit: usize) -> StoreResult<Vec<Uuid>>;
+    /// Ids of records still `Processing` with ids above `after` (`Uuid::nil()` for all), oldest
+    /// first, at most `limit`: pass the last id of one call as `after` of the next to see them all.
+    async fn processing(&self, after: Uuid, limit: usize) -> StoreResult<Vec<Uuid>>;
     /// The id of the newest record, if any.
     async fn newest_transaction(&self) -> StoreResult<Option<Uuid>>;
     /// How many records there are.
