@@ -24,8 +24,7 @@
 //! | `P tx:keep` | hash | empty between commands: a batch write parks here, inside its `MULTI`, the entries it must not replace |
 //! | `P tx:all` | sorted set | every `H` (score 0: ordered by member) |
 //! | `P tx:s:<status code>` | sorted set | `H` of each record with that status (`tx:s:0` is `Processing`) |
-//! | `P tx:c:<channel id>` | sorted set | `H` of each record of that channel |
-//! | `P tx:cs:<status code>:<channel id>` | sorted set | `H` of each record of that channel and status |
+//! | `P tx:cs:<status code>:<channel id>` | sorted set | `H` of each record of that channel and status (a channel's records are its six, merged) |
 //! | `P tx:lock:H` | string, expiring | a random token: a `modify_transaction` holds this record |
 //! | `P state` | hash | state key → JSON |
 //! | `P blob:<sha-256 hex>` | string | the blob's bytes |

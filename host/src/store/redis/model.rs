@@ -95,8 +95,14 @@ impl Keys {
         self.key(&format!("tx:s:{}", status.code()))
     }
 
-    pub(super) fn tx_channel(&self, channel: &str) -> String {
-        self.key(&format!("tx:c:{channel}"))
+    /// Every index of one channel: the records of a channel are those of its six channel-and-
+    /// status indexes (merged where a listing or a cull needs them all; a seventh, per-channel
+    /// index would cost every write one more insertion for the rare listing by channel alone).
+    pub(super) fn tx_channel(&self, channel: &str) -> Vec<String> {
+        Status::ALL
+            .iter()
+            .map(|&status| self.tx_channel_status(channel, status))
+            .collect()
     }
 
     pub(super) fn tx_channel_status(&self, channel: &str, status: Status) -> String {
@@ -319,7 +325,6 @@ local function index_add(id, e)
   redis.call('HSET', p .. 'tx:head', id, head(e))
   redis.call('ZADD', p .. 'tx:all', 0, id)
   redis.call('ZADD', p .. 'tx:s:' .. s, 0, id)
-  redis.call('ZADD', p .. 'tx:c:' .. c, 0, id)
   redis.call('ZADD', p .. 'tx:cs:' .. s .. ':' .. c, 0, id)
 end
 local function index_remove(id, e)
@@ -328,7 +333,6 @@ local function index_remove(id, e)
   if readable(e) then
     local s, c = string.byte(e, 2), channel_of(e)
     redis.call('ZREM', p .. 'tx:s:' .. s, id)
-    redis.call('ZREM', p .. 'tx:c:' .. c, id)
     redis.call('ZREM', p .. 'tx:cs:' .. s .. ':' .. c, id)
   else
     forget_statuses(id)
@@ -387,7 +391,7 @@ local function push(map, key, id)
 end
 local function index_keys(h)
   local s, c = string.byte(h, 2), channel_of(h)
-  return {p .. 'tx:s:' .. s, p .. 'tx:c:' .. c, p .. 'tx:cs:' .. s .. ':' .. c}
+  return {p .. 'tx:s:' .. s, p .. 'tx:cs:' .. s .. ':' .. c}
 end
 local taken = 0
 for n = 1, #ids do
@@ -403,7 +407,7 @@ for n = 1, #ids do
       local now = index_keys(new)
       if readable(old) then
         local before = index_keys(old)
-        for k = 1, 3 do
+        for k = 1, #now do
           if before[k] ~= now[k] then
             push(removes, before[k], id)
             push(adds, now[k], id)
@@ -412,7 +416,7 @@ for n = 1, #ids do
       else
         if old then forget_statuses(id) end
         push(adds, p .. 'tx:all', id)
-        for k = 1, 3 do push(adds, now[k], id) end
+        for k = 1, #now do push(adds, now[k], id) end
       end
     end
   end
@@ -532,13 +536,22 @@ return #ids
     )
 });
 
-/// Oldest first: KEYS = entries, one index; ARGV = lower bound, upper bound, the most to return.
-/// Returns id and entry pairs.
+/// Oldest first: KEYS = entries, then one or more indexes (merged); ARGV = lower bound, upper
+/// bound, the most to return. Returns id and entry pairs.
 pub(super) static RANGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local count = tonumber(ARGV[3])
+local ids = {}
+for k = 2, #KEYS do
+  for _, id in ipairs(redis.call('ZRANGEBYLEX', KEYS[k], ARGV[1], ARGV[2], 'LIMIT', 0, count)) do
+    ids[#ids + 1] = id
+  end
+end
+table.sort(ids)
 local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
+for n = 1, math.min(count, #ids) do
+  local id = ids[n]
   local e = redis.call('HGET', KEYS[1], id)
   if e then
     out[#out + 1] = id

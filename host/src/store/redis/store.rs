@@ -571,7 +571,7 @@ impl Store for RedisStore {
         // Each index holds exactly the records of its channel and status.
         let indexes: Vec<String> = match (&query.channel_id, statuses.is_empty()) {
             (None, true) => vec![self.keys.tx_all()],
-            (Some(channel), true) => vec![self.keys.tx_channel(channel)],
+            (Some(channel), true) => self.keys.tx_channel(channel),
             (None, false) => statuses.iter().map(|&s| self.keys.tx_status(s)).collect(),
             (Some(channel), false) => statuses
                 .iter()
@@ -699,19 +699,18 @@ impl Store for RedisStore {
         if limit == 0 || after >= before {
             return Ok(culled);
         }
-        let index = self.keys.tx_channel(channel_id);
+        let indexes = self.keys.tx_channel(channel_id);
         let upper = bound(false, before);
         let mut from = bound(false, after);
         let mut left = limit;
         while left > 0 {
             let count = left.min(CULL_CHUNK);
             let mut invocation = model::RANGE.prepare_invoke();
-            invocation
-                .key(self.keys.tx())
-                .key(&index)
-                .arg(&from)
-                .arg(&upper)
-                .arg(count);
+            invocation.key(self.keys.tx());
+            for index in &indexes {
+                invocation.key(index);
+            }
+            invocation.arg(&from).arg(&upper).arg(count);
             let found = model::pairs(self.script(WHAT, invocation).await?, WHAT)?;
             let Some(&(last, _)) = found.last() else {
                 break;
