@@ -273,7 +273,7 @@ backend mediary
             config,
             "    # Starting, stopping or gone: out of rotation within about a second.
     option httpchk
-    http-check send meth GET uri {path}
+    http-check send meth GET uri {path} ver HTTP/1.1 hdr Host mediary
     http-check expect status 200
 "
         );
@@ -305,7 +305,7 @@ mod unit {
         let config = haproxy_config(80, Path::new("/tmp/s.sock"), &[m1]);
         assert!(config.contains("balance roundrobin"), "{config}");
         assert!(
-            config.contains("http-check send meth GET uri /health/ready"),
+            config.contains("http-check send meth GET uri /health/ready ver HTTP/1.1"),
             "{config}"
         );
         assert!(

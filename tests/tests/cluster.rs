@@ -975,21 +975,12 @@ fn a_stalled_redis_holds_no_request_past_the_store_timeout() {
     eventually(Duration::from_secs(10), "ready again", || {
         (readiness(instance).1["status"] == "ready").then_some(())
     });
-    let created = eventually(Duration::from_secs(10), "a config write succeeds", || {
-        let reply = api
-            .post(
-                "/channels",
-                &channel_json("after-stall", "^/after", upstream.port()),
-            )
-            .send();
-        (reply.status() == 201).then_some(reply)
-    });
+    let after = write_channel_until_accepted(&api, "after-stall", upstream.port());
     println!(
-        "a config write succeeds {:?} after the resume ({})",
-        resumed_at.elapsed(),
-        created.status()
+        "a config write succeeds {:?} after the resume",
+        resumed_at.elapsed()
     );
-    wait_served(&client, &instance.url("/after"));
+    wait_served(&client, &instance.url(&after));
     clear_of_a_window_boundary();
     let strict: Vec<u16> = (0..3)
         .map(|n| {
@@ -1078,24 +1069,12 @@ fn sentinel_failover_under_load(how: Failover) {
     );
 
     // A config write goes to the new primary within seconds.
-    eventually(
-        Duration::from_secs(10),
-        "a config write succeeds after the failover",
-        || {
-            let reply = apis[0]
-                .post(
-                    "/channels",
-                    &channel_json("after-failover", "^/after", upstream.port()),
-                )
-                .send();
-            (reply.status() == 201).then_some(())
-        },
-    );
+    let after = write_channel_until_accepted(&apis[0], "after-failover", upstream.port());
     println!(
         "a config write succeeded {:?} after the failover was complete",
         done_at.elapsed()
     );
-    wait_served(&client, &instances[1].url("/after"));
+    wait_served(&client, &instances[1].url(&after));
     assert_eq!(replica.role(), "master");
     assert!(
         !replica.keys(&format!("{prefix}*")).is_empty(),
@@ -1161,6 +1140,32 @@ fn sentinel_failover_under_load(how: Failover) {
             assert_eq!(record[0]["_id"], id.as_str(), "{path}");
         }
     }
+}
+
+/// Creates a channel through `api`, trying again (with a new name and path each time, in case a
+/// refused attempt was applied after all) until one is accepted within 10 s; returns the path the
+/// accepted one serves.
+fn write_channel_until_accepted(api: &Api, name: &str, port: u16) -> String {
+    let mut attempt = 0;
+    eventually(
+        Duration::from_secs(10),
+        "a config write is accepted",
+        || {
+            attempt += 1;
+            let (name, path) = (format!("{name}-{attempt}"), format!("/{name}-{attempt}"));
+            let reply = api
+                .post(
+                    "/channels",
+                    &channel_json(&name, &format!("^{path}$"), port),
+                )
+                .send();
+            if reply.status() == 201 {
+                return Some(path);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        },
+    )
 }
 
 /// The records of `ledger`'s answered requests, once all are there or `patience` has passed.
