@@ -238,15 +238,13 @@ impl Redis {
         }
     }
 
-    /// `master` or `slave`, from `ROLE`.
-    pub fn role(&self) -> String {
-        match self.command(&["ROLE"]) {
-            Resp::Array(Some(items)) => items
-                .first()
-                .and_then(Resp::text)
-                .unwrap_or_default()
-                .to_owned(),
-            other => panic!("ROLE answered {other:?}"),
+    /// `master` or `slave`, from `ROLE`; `None` when the server does not answer (a Sentinel
+    /// reconfiguring it closes every client connection, this one's too).
+    pub fn role(&self) -> Option<String> {
+        match self.try_command(&["ROLE"]) {
+            Ok(Resp::Array(Some(items))) => items.first().and_then(Resp::text).map(str::to_owned),
+            Ok(other) => panic!("ROLE answered {other:?}"),
+            Err(_) => None,
         }
     }
 
