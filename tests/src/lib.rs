@@ -26,6 +26,9 @@
 //! - [`raw`]: [`RawConnection`], bytes over TCP for malformed or stalled requests.
 //! - [`linux`]: what `/proc` says about the child's threads and this process's cores.
 //! - [`plugins`]: the paths of the plugin components, built from `plugins/` by `build.rs`.
+//! - [`redis`]: [`Redis`] and [`Sentinel`], real `redis-server` processes (kill -9, restart,
+//!   SIGSTOP, replicas, failover).
+//! - [`balancer`]: [`Balancer`], a real HAProxy round-robin in front of several servers.
 //!
 //! All test-side I/O runs on one background tokio runtime ([`runtime`]), so
 //! tests are plain `#[test]` functions that never `.await`.
@@ -35,6 +38,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod api;
+pub mod balancer;
 pub mod binary;
 pub mod client;
 pub mod linux;
@@ -43,16 +47,19 @@ pub mod mediary;
 pub mod metrics;
 pub mod plugins;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 
 pub use api::{Api, Listing, channel_json, filters, url_encode};
+pub use balancer::{Backend, Balancer};
 pub use client::{Client, Reply};
 pub use hyper::Method;
 pub use load::{Load, Outcome};
 pub use mediary::{Finished, Launch, Mediary, ROOT_EMAIL, ROOT_PASSWORD};
 pub use metrics::Metrics;
 pub use raw::{RawConnection, RawResponse};
+pub use redis::{Redis, Sentinel};
 pub use tls::{ServerCert, TestCa};
 pub use upstream::{Answer, Seen, Upstream};
 

@@ -50,15 +50,20 @@ pub fn allowed_cores() -> Vec<usize> {
 }
 
 /// Sends SIGTERM to `pid`.
-#[allow(unsafe_code)]
 pub fn send_sigterm(pid: u32) {
+    send_signal(pid, libc::SIGTERM);
+}
+
+/// Sends `signal` (e.g. `libc::SIGSTOP`) to `pid`.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    let result = unsafe { libc::kill(pid, libc::SIGTERM) };
+    let result = unsafe { libc::kill(pid, signal) };
     assert_eq!(
         result,
         0,
-        "kill -TERM {pid}: {}",
+        "kill -{signal} {pid}: {}",
         std::io::Error::last_os_error()
     );
 }
