@@ -124,9 +124,10 @@ pub async fn load(shared: &Shared) -> anyhow::Result<usize> {
 pub async fn load_generation(shared: &Shared) -> anyhow::Result<(u64, usize)> {
     let generation = shared.store.generation().await?;
     let count = load(shared).await?;
+    // Stored, not maxed: after a Redis failover the generation can go back.
     shared
         .applied_generation
-        .fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+        .store(generation, std::sync::atomic::Ordering::Release);
     Ok((generation, count))
 }
 

@@ -125,7 +125,7 @@ pub(super) async fn open(
     target: &RedisTarget,
     timeout: Duration,
     push: Option<mpsc::UnboundedSender<PushInfo>>,
-) -> Result<MultiplexedConnection, String> {
+) -> Result<Opened, String> {
     match tokio::time::timeout(timeout, open_within(target, timeout, push)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
@@ -135,11 +135,14 @@ pub(super) async fn open(
     }
 }
 
+/// A connection [`open`] made, and (for a Sentinel target) the primary's address it reached.
+pub(super) type Opened = (MultiplexedConnection, Option<String>);
+
 async fn open_within(
     target: &RedisTarget,
     timeout: Duration,
     push: Option<mpsc::UnboundedSender<PushInfo>>,
-) -> Result<MultiplexedConnection, String> {
+) -> Result<Opened, String> {
     let (info, from_sentinel) = match target {
         RedisTarget::Direct { url } => {
             let info = url
@@ -164,6 +167,7 @@ async fn open_within(
         ProtocolVersion::RESP2
     };
     let redis = info.redis_settings().clone().set_protocol(protocol);
+    let address = info.addr().to_string();
     let info = info.clone().set_redis_settings(redis);
     let client = Client::open(info).map_err(|e| at(&e))?;
     let mut config = config(timeout);
@@ -195,7 +199,7 @@ async fn open_within(
             )));
         }
     }
-    Ok(con)
+    Ok((con, from_sentinel.then_some(address)))
 }
 
 /// Asks the Sentinels, in turn, where the primary is; the connection details to reach it.
@@ -355,6 +359,8 @@ struct State {
     epoch: u64,
     /// Why the connection broke, or why the last attempt to replace it failed.
     why: String,
+    /// For a Sentinel target, the address of the primary `con` goes to.
+    primary: Option<String>,
 }
 
 #[derive(Default)]
@@ -393,7 +399,7 @@ impl Link {
         target: RedisTarget,
         timeout: Duration,
         runtime: tokio::runtime::Handle,
-        con: MultiplexedConnection,
+        (con, primary): Opened,
     ) -> Link {
         Link {
             target,
@@ -403,6 +409,7 @@ impl Link {
                 con: Some(con),
                 epoch: 1,
                 why: String::new(),
+                primary,
             }),
             broken: Notify::new(),
             sync: tokio::sync::Mutex::default(),
@@ -525,12 +532,13 @@ impl Link {
                 tokio::time::sleep(jitter(delay)).await;
                 attempts += 1;
                 match open(&self.target, self.timeout, None).await {
-                    Ok(con) => {
+                    Ok((con, primary)) => {
                         {
                             let mut state = self.state();
                             state.epoch += 1;
                             state.con = Some(con);
                             state.why.clear();
+                            state.primary = primary;
                         }
                         tracing::info!(target = %self.target, attempts, "Reconnected to Redis.");
                         break;
@@ -587,7 +595,7 @@ impl Link {
                 let (target, timeout) = (self.target.clone(), self.timeout);
                 let opened = self
                     .runtime
-                    .spawn(async move { open(&target, timeout, None).await })
+                    .spawn(async move { open(&target, timeout, None).await.map(|(con, _)| con) })
                     .await
                     .map_err(|e| StoreError::Backend(format!("{WHAT}: the task failed: {e}")))?;
                 let con = opened.map_err(|why| {
@@ -741,10 +749,15 @@ pub(super) async fn check_persistence(link: &Link) {
 
 // ----- change notifications -----
 
-/// Sends `next` unless a later generation was sent already (notifications arrive in any order).
+/// Sends `next` when it differs from the last value sent. Notifications arrive in any order, so
+/// an older one can follow a newer one: the follower then reads the generation again and finds
+/// nothing to do.
 pub(super) fn announce(sender: &watch::Sender<u64>, next: u64) {
+    // Any change, not only an increase: after a failover that lost the last writes (asynchronous
+    // replication), the new primary's generation can be lower than the last one seen, and then
+    // grow back to it with different changes; only "different" tells the follower to look.
     sender.send_if_modified(|current| {
-        if next > *current {
+        if next != *current {
             *current = next;
             true
         } else {
@@ -798,7 +811,7 @@ async fn subscribe(
     channel: &str,
     push: mpsc::UnboundedSender<PushInfo>,
 ) -> Result<MultiplexedConnection, String> {
-    let mut con = open(&link.target, link.timeout, Some(push)).await?;
+    let (mut con, _) = open(&link.target, link.timeout, Some(push)).await?;
     match tokio::time::timeout(link.timeout, con.subscribe(channel)).await {
         Ok(Ok(())) => Ok(con),
         Ok(Err(error)) => Err(format!("SUBSCRIBE: {error}")),
@@ -843,6 +856,33 @@ async fn hear(
 }
 
 /// The poller: reads the generation every `every` and announces it. Catches what pub/sub missed.
+/// For a Sentinel target: asks the Sentinels every `every` which server is the primary, and when
+/// they name another than the one connected to, drops the connection (the reconnect task then
+/// goes to the new one). After a commanded failover (`SENTINEL FAILOVER`), the old primary goes on
+/// accepting writes for seconds before it is turned into a replica, and everything written there
+/// meanwhile is then thrown away: waiting for its `READONLY` would lose those seconds of records.
+pub(super) async fn follow_primary(link: Arc<Link>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let named = match primary(&link.target, link.timeout).await {
+            Ok(info) => info.addr().to_string(),
+            Err(why) => {
+                tracing::debug!(target = %link.target, reason = %why, "Could not ask the Sentinels for the primary.");
+                continue;
+            }
+        };
+        let (epoch, current) = {
+            let state = link.state();
+            (state.epoch, state.primary.clone())
+        };
+        if current.is_some_and(|current| current != named) {
+            link.break_off(epoch, &format!("the Sentinels name a new primary, {named}"));
+        }
+    }
+}
+
 pub(super) async fn poll(
     link: Arc<Link>,
     generation_key: String,

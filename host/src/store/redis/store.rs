@@ -139,6 +139,9 @@ impl RedisStore {
             store.keys.generation(),
             Arc::clone(&store.generation),
         ));
+        if matches!(target, super::RedisTarget::Sentinel { .. }) {
+            handle.spawn(link::follow_primary(Arc::clone(&link), poll_interval));
+        }
         handle.spawn(link::poll(
             link,
             store.keys.generation(),
