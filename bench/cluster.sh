@@ -214,6 +214,15 @@ instance_counters() {
   echo "$(metric "$text" mediary_records_stored_total) $(metric "$text" mediary_store_errors_total) $(metric "$text" mediary_worker_requests_total)"
 }
 
+# store_count INSTANCE — the store's own transaction count from /metrics
+# (mediary_cluster_transactions), or nothing where Mediary does not give it.
+store_count() {
+  local text
+  text=$(api "${API_OF[$1]}" /metrics) || return 0
+  grep -q '^mediary_cluster_transactions ' <<<"$text" || return 0
+  metric "$text" mediary_cluster_transactions
+}
+
 # wait_drained INSTANCE... — until records_stored_total of every instance has
 # not moved for a second: the spools are in the store.
 wait_drained() {
@@ -450,7 +459,7 @@ done
 
 # Per target, summed (or listed) over the rounds.
 declare -A RUNS_RPS RUNS_P50 RUNS_P99 ERRS REQS STORED RECORDS STORE_ERRS WALL
-declare -A READS CMDS CPU SHARE LAST_COUNT
+declare -A READS CMDS CPU SHARE LAST_COUNT OWN_COUNT
 LAST_COUNT[embedded]=0
 LAST_COUNT[redis]=0
 
@@ -476,6 +485,8 @@ run_target() {
   fi
   wait_drained "${insts[@]}" || NOTES+=("$t${ROUND_TAG}: the store had not caught up ${DRAIN_TIMEOUT}s after the warm-up")
   before=$(count_tx "$count_port" $((LAST_COUNT[$store] + warm_reqs + 1))) || before=""
+  local own_before own_after
+  own_before=$(store_count "${insts[0]}")
   declare -A c_before=() c_after=()
   for inst in "${insts[@]}"; do c_before[$inst]=$(instance_counters "$inst" || echo "0 0 0"); done
   if [[ $store == redis ]]; then redis_stats "$TMP/redis-$t-r$round-before.txt"; fi
@@ -561,6 +572,12 @@ run_target() {
   RECORDS[$t]=$((${RECORDS[$t]:-0} + rec))
   STORE_ERRS[$t]=$((${STORE_ERRS[$t]:-0} + serr))
   after=$(count_tx "$count_port" $((${before:-0} + requests))) || after=""
+  own_after=$(store_count "${insts[0]}")
+  if [[ -n $own_before && -n $own_after && ${OWN_COUNT[$t]:-} != n/a ]]; then
+    OWN_COUNT[$t]=$((${OWN_COUNT[$t]:-0} + own_after - own_before))
+  else
+    OWN_COUNT[$t]=n/a
+  fi
   if [[ -n $before && -n $after ]]; then
     [[ ${STORED[$t]:-} == n/a ]] || STORED[$t]=$((${STORED[$t]:-0} + after - before))
     LAST_COUNT[$store]=$after
@@ -643,7 +660,9 @@ for t in $TARGETS; do
     continue
   fi
   extra=$((${STORED[$t]} - ${REQS[$t]}))
-  if ((extra >= 0 && extra <= CONNS * ROUNDS && ${STORE_ERRS[$t]:-0} == 0)); then
+  own_ok=1
+  [[ ${OWN_COUNT[$t]:-n/a} == n/a || ${OWN_COUNT[$t]} == "${STORED[$t]}" ]] || own_ok=0
+  if ((extra >= 0 && extra <= CONNS * ROUNDS && ${STORE_ERRS[$t]:-0} == 0 && own_ok)); then
     RECORD_OK[$t]=ok
   else
     RECORD_OK[$t]="**MISMATCH**"
@@ -697,15 +716,15 @@ report() {
   echo
   echo "## Recording"
   echo
-  echo "After each measured run the script waits until every instance's \`mediary_records_stored_total\` has been steady for a second, then counts the transactions in the store through \`GET /transactions\`. *Stored* is how many more the store holds than before the run; it may exceed wrk's completed requests by at most the connections ($CONNS per run): requests in flight when wrk stops are recorded, not counted by wrk. *Records written* is the instances' \`mediary_records_stored_total\` (a transaction written again at a later stage counts again)."
+  echo "After each measured run the script waits until every instance's \`mediary_records_stored_total\` has been steady for a second, then counts the transactions in the store through \`GET /transactions\`. *Stored* is how many more the store holds than before the run; it may exceed wrk's completed requests by at most the connections ($CONNS per run): requests in flight when wrk stops are recorded, not counted by wrk. *Store's count* is the same difference in \`mediary_cluster_transactions\` (the store's own count, where this Mediary reports it): it must agree. *Records written* is the instances' \`mediary_records_stored_total\` (a transaction written again at a later stage counts again)."
   echo
-  echo "| target | wrk requests | stored | in flight at the end | records written | store errors | check |"
-  echo "|---|--:|--:|--:|--:|--:|---|"
+  echo "| target | wrk requests | stored | in flight at the end | store's count | records written | store errors | check |"
+  echo "|---|--:|--:|--:|--:|--:|--:|---|"
   for t in $TARGETS; do
     [[ -n ${RUNS_RPS[$t]:-} ]] || continue
     local extra="–"
     [[ ${STORED[$t]:-n/a} == n/a ]] || extra=$((${STORED[$t]} - ${REQS[$t]}))
-    echo "| $t | ${REQS[$t]} | ${STORED[$t]:-n/a} | $extra | ${RECORDS[$t]:-0} | ${STORE_ERRS[$t]:-0} | ${RECORD_OK[$t]} |"
+    echo "| $t | ${REQS[$t]} | ${STORED[$t]:-n/a} | $extra | ${OWN_COUNT[$t]:-n/a} | ${RECORDS[$t]:-0} | ${STORE_ERRS[$t]:-0} | ${RECORD_OK[$t]} |"
   done
 
   local any_redis=0
@@ -716,7 +735,7 @@ report() {
     echo
     echo "## Redis round trips"
     echo
-    echo "From the Redis server's \`INFO\` before and after each measured run (the drain included). *Round trips* is \`total_reads_processed\`: one per read of a client socket, so a pipeline, a MULTI/EXEC block or one EVALSHA carrying a whole batch counts once. *Commands* is \`total_commands_processed\`, which also counts the commands a Lua script or a MULTI block runs. Both include the instances' background traffic (heartbeats, configuration polls) and this script's two INFO calls per snapshot. Writing each transaction on its own would cost at least one round trip per transaction; a batch per drain (every 20 ms per instance) costs far less."
+    echo "From the Redis server's \`INFO\` before and after each measured run (the drain included). *Round trips* is \`total_reads_processed\`: one per read of a client socket, so a pipeline, a MULTI/EXEC block or one EVALSHA carrying a whole batch counts once. *Commands* is \`total_commands_processed\`, which also counts the commands a Lua script or a MULTI block runs. Both include the instances' background traffic (heartbeats, configuration polls, HAProxy's readiness checks), the \`/metrics\` scrapes with which this script waits for the drain, and its two INFO calls per snapshot. Writing each transaction on its own would cost at least one round trip per transaction; a batch per drain (every 20 ms per instance) costs far less."
     echo
     echo "| target | stored | round trips | round trips / transaction | round trips / s per instance | commands | commands / transaction | batched? |"
     echo "|---|--:|--:|--:|--:|--:|--:|---|"
