@@ -13,6 +13,7 @@
 //! - [`plugin`]: channel logic as WebAssembly components: the engine, sandbox, imports, registry.
 //! - [`metrics`]: per-channel and per-worker counters, rendered for Prometheus.
 //! - [`reload`]: the live channel table, rebuilt from the store whenever channels change.
+//! - [`cluster`]: heartbeats, so that instances sharing a store see each other (`GET /cluster`).
 //! - [`retention`]: the job that removes old bodies and records.
 //!
 //! The server is [`run`]: it takes bound listeners and a shutdown future, so tests bind port 0.
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod channel;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod plugin;
@@ -68,6 +70,11 @@ pub struct Shared {
     pub recorded_until: AtomicU64,
     /// Set once every worker serves; cleared when shutting down (for `/health/ready`).
     pub ready: AtomicBool,
+    /// The store's configuration generation the live channel table was built from (reported in
+    /// this instance's heartbeat, so `GET /cluster` shows who has applied a change).
+    pub applied_generation: AtomicU64,
+    /// A random id of this run of the process (heartbeats tell runs of one instance name apart).
+    pub run_id: String,
 }
 
 impl Shared {
@@ -91,6 +98,8 @@ impl Shared {
             started: Instant::now(),
             recorded_until: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            applied_generation: AtomicU64::new(0),
+            run_id: Uuid::new_v4().simple().to_string(),
         })
     }
 

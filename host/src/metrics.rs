@@ -3,7 +3,9 @@
 //!
 //! Per channel: requests, responses by status class, transaction statuses, a latency histogram,
 //! plugin failures by kind.
-//! Per worker: requests and open connections. Figures are per instance.
+//! Per worker: requests and open connections. Figures are per instance, except the
+//! `mediary_cluster_*` ones [`render_store`] adds, which are read from the shared store; every
+//! family's help line says which.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -118,6 +120,7 @@ impl Metrics {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        out.push_str(SCOPE_NOTE);
         let channels = self
             .channels
             .lock()
@@ -282,9 +285,78 @@ impl Metrics {
     }
 }
 
-/// The `# HELP` and `# TYPE` lines of a metric family.
+/// What `/metrics` says first: which figures are whose.
+pub const SCOPE_NOTE: &str = "# Figures named mediary_cluster_* are cluster-wide: read from the \
+store every instance shares. Every other figure is this instance's own, counted in memory since it \
+started: add them up across instances for the cluster's.\n";
+
+/// Figures read from the store every instance shares.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterFigures {
+    /// The store's configuration generation.
+    pub generation: u64,
+    /// Instances with a live heartbeat.
+    pub instances: u64,
+    /// Of those, how many have applied `generation`.
+    pub current: u64,
+    /// Transaction records in the store.
+    pub transactions: u64,
+}
+
+/// This instance's view of the store, and (when the store answered) the cluster-wide figures.
+pub fn render_store(out: &mut String, applied: u64, cluster: Option<ClusterFigures>) {
+    family(
+        out,
+        "mediary_store_up",
+        "gauge",
+        "1 when the store answered this scrape, 0 when it did not (then no mediary_cluster_* figures follow).",
+    );
+    let _ = writeln!(out, "mediary_store_up {}", u8::from(cluster.is_some()));
+    family(
+        out,
+        "mediary_config_generation_applied",
+        "gauge",
+        "The configuration generation this instance's channel table is built from.",
+    );
+    let _ = writeln!(out, "mediary_config_generation_applied {applied}");
+    let Some(cluster) = cluster else {
+        return;
+    };
+    for (name, help, value) in [
+        (
+            "mediary_cluster_config_generation",
+            "The store's configuration generation (grows with every configuration change).",
+            cluster.generation,
+        ),
+        (
+            "mediary_cluster_instances",
+            "Instances with a live heartbeat.",
+            cluster.instances,
+        ),
+        (
+            "mediary_cluster_instances_current",
+            "Instances with a live heartbeat that have applied the current configuration generation.",
+            cluster.current,
+        ),
+        (
+            "mediary_cluster_transactions",
+            "Transaction records in the store.",
+            cluster.transactions,
+        ),
+    ] {
+        family(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family; the help says whose figure it is.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
+    let scope = if name.starts_with("mediary_cluster_") {
+        "Cluster-wide."
+    } else {
+        "This instance."
+    };
+    let _ = writeln!(out, "# HELP {name} {help} {scope}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 

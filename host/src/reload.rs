@@ -1,6 +1,7 @@
 //! Keeping the live channel table in step with the store.
 //!
-//! At start, the channels of the config file are upserted into the store by name, so a file-based
+//! At start, the channels of the config file are upserted into the store by name (a new one under
+//! an id derived from its name, so instances starting together save it once), so a file-based
 //! deployment and an API-managed one end in the same place. From then on the store is the truth: a
 //! task rebuilds the table whenever the store's configuration generation changes (the store wakes it)
 //! and, as a safety net for missed notifications, checks the generation every few seconds. A rebuilt
@@ -38,7 +39,7 @@ pub async fn upsert_config_channels(store: &dyn Store, documents: &[Value]) -> a
                 }
                 id.clone()
             }
-            None => uuid::Uuid::now_v7().to_string(),
+            None => config_channel_id(name).to_string(),
         };
         let mut document = document.clone();
         if let Value::Object(map) = &mut document {
@@ -48,6 +49,17 @@ pub async fn upsert_config_channels(store: &dyn Store, documents: &[Value]) -> a
         tracing::info!(channel = name, id = %id, "Channel from the config file saved to the store.");
     }
     Ok(())
+}
+
+/// The id a config file's channel gets when it is first saved: derived from its name, so that
+/// several instances starting at once with the same file (sharing a store) save one channel, not
+/// one each.
+fn config_channel_id(name: &str) -> uuid::Uuid {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(format!("mediary config channel\0{name}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes)
 }
 
 fn without_id(document: &Value) -> Value {
@@ -107,6 +119,17 @@ pub async fn load(shared: &Shared) -> anyhow::Result<usize> {
     Ok(count)
 }
 
+/// Reads the configuration generation, then builds the table (so the generation it reports as
+/// applied is never newer than what the table holds), and records it as applied.
+pub async fn load_generation(shared: &Shared) -> anyhow::Result<(u64, usize)> {
+    let generation = shared.store.generation().await?;
+    let count = load(shared).await?;
+    shared
+        .applied_generation
+        .fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+    Ok((generation, count))
+}
+
 /// Reloads the table whenever a watched plugin file (`plugin.file`) changes, until `stop`.
 pub async fn watch_plugin_files(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let interval = shared.config.plugins.watch_interval;
@@ -130,7 +153,9 @@ pub async fn watch_plugin_files(shared: Arc<Shared>, mut stop: watch::Receiver<b
 /// Reloads the table whenever the store's generation moves, until `stop`.
 pub async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut changes = shared.store.subscribe();
-    let mut applied = shared.store.generation().await.unwrap_or(0);
+    let mut applied = shared
+        .applied_generation
+        .load(std::sync::atomic::Ordering::Acquire);
     loop {
         let lost = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -141,18 +166,16 @@ pub async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             // The store dropped its sender: fall back to polling.
             tokio::time::sleep(SAFETY_NET).await;
         }
-        let generation = match shared.store.generation().await {
-            Ok(generation) => generation,
+        match shared.store.generation().await {
+            Ok(generation) if generation == applied => continue,
+            Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "Cannot read the configuration generation; keeping the current channels.");
                 continue;
             }
-        };
-        if generation == applied {
-            continue;
         }
-        match load(&shared).await {
-            Ok(count) => {
+        match load_generation(&shared).await {
+            Ok((generation, count)) => {
                 applied = generation;
                 tracing::info!(generation, channels = count, "Channels reloaded.");
             }

@@ -3,7 +3,8 @@
 //!
 //! It works in small batches so that it never holds the store for long, and remembers per channel how
 //! far body culling got (store state `retention.culled.<channel id>`), so each run only looks at
-//! records it has not seen.
+//! records it has not seen. Instances sharing a store take turns: one runs it per interval (a lease
+//! in the store's key-value space).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,10 @@ pub async fn sweep(
 }
 
 /// Runs [`sweep`] every `retention.interval` (the first time shortly after start) until `stop`.
+/// The key-value namespace of the host's own leases (plugin namespaces are channel ids, which
+/// never contain a space).
+const LEASE_NAMESPACE: &str = "mediary leases";
+
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let interval = shared.config.retention.interval;
     let mut next = Duration::from_secs(5).min(interval);
@@ -90,6 +95,29 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let max_age = shared.config.retention.max_age;
         if channels.is_empty() && max_age.is_none() {
             continue;
+        }
+        // Instances sharing a store take turns: the first to reach its interval takes a lease
+        // for most of one, and the others skip theirs meanwhile.
+        let lease = shared
+            .store
+            .kv_compare_and_set(
+                LEASE_NAMESPACE,
+                "retention",
+                None,
+                bytes::Bytes::from(shared.run_id.clone()),
+                Some(interval.mul_f64(0.9)),
+            )
+            .await;
+        match lease {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("Another instance ran retention in this interval; skipping.");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Cannot take the retention lease; trying next interval.");
+                continue;
+            }
         }
         match sweep(&*shared.store, &channels, max_age, Timestamp::now()).await {
             Ok(swept) if swept != Swept::default() => {

@@ -21,7 +21,7 @@ use crate::proxy::Proxy;
 use crate::proxy::conn::{self, ConnSettings};
 use crate::recorder::{self, spool::Spool};
 use crate::store::Store;
-use crate::{Shared, api, reload, retention};
+use crate::{Shared, api, cluster, reload, retention};
 
 /// The sockets Mediary serves on, bound before it starts: one proxy socket per worker, all on the
 /// same address, and the management API's.
@@ -93,7 +93,13 @@ pub async fn run(
     let store: Arc<dyn Store> = crate::store::open(&config.store).await?;
     let spool_dir = recorder::prepare(&data_dir)
         .with_context(|| format!("creating the spool folder in {}", data_dir.display()))?;
-    let recovery = recorder::recover(&spool_dir, &*store, &config.server.instance)
+    let recording = config.recording.clone();
+    let shared = Arc::new(Shared::new(config, Arc::clone(&store), workers)?);
+    let me = cluster::Identity::new(&shared, workers, addr, api_addr);
+    cluster::claim_name(&*store, &shared.config, &me)
+        .await
+        .context("claiming this instance's name in the cluster")?;
+    let recovery = recorder::recover(&spool_dir, &*store, &shared.config.server.instance)
         .await
         .context("replaying the transaction spool")?;
     if recovery.files > 0 || recovery.interrupted > 0 {
@@ -104,12 +110,12 @@ pub async fn run(
             "Replayed the spool of the previous run."
         );
     }
-    reload::upsert_config_channels(&*store, &config.channel_documents)
+    reload::upsert_config_channels(&*store, &shared.config.channel_documents)
         .await
         .context("saving the config file's channels to the store")?;
-    let recording = config.recording.clone();
-    let shared = Arc::new(Shared::new(config, store, workers)?);
-    reload::load(&shared).await.context("loading channels")?;
+    reload::load_generation(&shared)
+        .await
+        .context("loading channels")?;
     api::ensure_root_user(&shared)
         .await
         .context("creating the root user")?;
@@ -184,6 +190,11 @@ pub async fn run(
     ));
     let follower = tokio::spawn(reload::follow(Arc::clone(&shared), stopped.clone()));
     let retention = tokio::spawn(retention::run(Arc::clone(&shared), stopped.clone()));
+    let heartbeats = tokio::spawn(cluster::heartbeats(
+        Arc::clone(&shared),
+        me,
+        stopped.clone(),
+    ));
     let plugin_files = tokio::spawn(reload::watch_plugin_files(
         Arc::clone(&shared),
         stopped.clone(),
@@ -206,6 +217,7 @@ pub async fn run(
     })
     .await?;
     let _ = api_task.await;
+    let _ = heartbeats.await;
     follower.abort();
     retention.abort();
     plugin_files.abort();

@@ -353,7 +353,10 @@ pub async fn ensure_root_user(shared: &Shared) -> anyhow::Result<()> {
         "groups": ["admin"],
         "passwordHash": hash,
     });
-    shared.store.put(Collection::Users, &id, user).await?;
+    // Instances sharing a store may start together: one creates the user, the others find it.
+    if !shared.store.create(Collection::Users, &id, user).await? {
+        return Ok(());
+    }
     if generated {
         tracing::warn!(
             %email,

@@ -130,7 +130,7 @@ pub async fn delete(api: &Api, key: &str) -> Result<Reply, ApiError> {
 /// answer can count on the change being live here (the follower task would apply it moments later
 /// anyway, and does so for changes made elsewhere). A failure leaves that to the follower.
 pub(super) async fn apply(api: &Api) {
-    if let Err(error) = crate::reload::load(&api.shared).await {
+    if let Err(error) = crate::reload::load_generation(&api.shared).await {
         tracing::warn!(%error, "Could not rebuild the channel table at once; the follower will.");
     }
 }

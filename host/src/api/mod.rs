@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod channels;
+pub mod cluster;
 pub mod error;
 pub mod health;
 pub mod plugins;
@@ -215,7 +216,8 @@ impl Api {
             (Route::Heartbeat, _) => Ok(health::heartbeat(self)),
             (Route::Live, _) => Ok(health::live()),
             (Route::Ready, _) => health::ready(self).await,
-            (Route::Metrics, _) => Ok(health::metrics(self)),
+            (Route::Metrics, _) => Ok(health::metrics(self).await),
+            (Route::Cluster, _) => cluster::list(self).await,
             (Route::Channels, Method::POST) => {
                 let doc = self.read_json(&parts.headers, body).await?;
                 channels::create(self, doc).await
@@ -311,6 +313,7 @@ enum Route {
     Live,
     Ready,
     Metrics,
+    Cluster,
     Channels,
     Channel(String),
     Plugins,
@@ -333,6 +336,7 @@ impl Route {
             ["health", "live"] => Route::Live,
             ["health", "ready"] => Route::Ready,
             ["metrics"] => Route::Metrics,
+            ["cluster"] => Route::Cluster,
             ["channels"] => Route::Channels,
             ["channels", key] => Route::Channel(id(key)?),
             ["plugins"] => Route::Plugins,

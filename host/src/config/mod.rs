@@ -458,12 +458,6 @@ fn parse_store(value: &Value, base: &Path, errors: &mut FieldErrors) -> StoreCon
     let prefix = f.optional::<String>("prefix");
     let timeout = f.duration("timeout", Duration::from_secs(2));
     let poll_interval = f.duration("poll_interval", Duration::from_millis(500));
-    if timeout.is_zero() {
-        f.error("timeout", "must be more than 0");
-    }
-    if poll_interval.is_zero() {
-        f.error("poll_interval", "must be more than 0");
-    }
     let prefix = prefix.unwrap_or_else(|| "mediary:".to_owned());
     if prefix.is_empty()
         || prefix.len() > 64
@@ -502,9 +496,6 @@ fn parse_cluster(value: &Value, errors: &mut FieldErrors) -> Cluster {
         heartbeat_interval: f.duration("heartbeat_interval", Duration::from_secs(1)),
         instance_ttl: f.duration("instance_ttl", Duration::from_secs(5)),
     };
-    if c.heartbeat_interval.is_zero() {
-        f.error("heartbeat_interval", "must be more than 0");
-    }
     if c.instance_ttl < c.heartbeat_interval * 2 {
         f.error(
             "instance_ttl",
@@ -779,6 +770,60 @@ mod tests {
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
+    }
+
+    #[test]
+    fn store_and_cluster_settings() {
+        let config = Config::parse(
+            r#"
+            [store]
+            url = "redis+sentinel://:pw@127.0.0.1:26379/mymaster/1"
+            prefix = "hie-a:"
+            timeout = "750ms"
+            [cluster]
+            heartbeat_interval = "200ms"
+            instance_ttl = "1s"
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let redis = config.store.redis.expect("redis settings");
+        assert_eq!(redis.prefix, "hie-a:");
+        assert_eq!(redis.timeout, Duration::from_millis(750));
+        assert_eq!(redis.poll_interval, Duration::from_millis(500));
+        assert_eq!(
+            redis.target.to_string(),
+            "redis+sentinel://:***@127.0.0.1:26379/mymaster/1"
+        );
+        assert_eq!(config.cluster.instance_ttl, Duration::from_secs(1));
+        assert!(
+            Config::parse("").unwrap().store.redis.is_none(),
+            "embedded by default"
+        );
+
+        let errors = Config::parse(
+            r#"
+            [store]
+            url = "http://u:hunter2@h"
+            prefix = "has space"
+            timeout = "0s"
+            [cluster]
+            heartbeat_interval = "1s"
+            instance_ttl = "1500ms"
+            "#,
+        )
+        .unwrap_err();
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "store.timeout",
+                "store.prefix",
+                "store.url",
+                "cluster.instance_ttl"
+            ],
+            "{errors:?}"
+        );
+        assert!(!format!("{errors:?}").contains("hunter2"));
     }
 
     #[test]

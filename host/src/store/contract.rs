@@ -222,6 +222,26 @@ pub async fn case_documents(store: Arc<dyn Store>) {
     );
     assert!(store.list(Collection::Clients).await.unwrap().is_empty());
     assert!(store.list(Collection::Plugins).await.unwrap().is_empty());
+    // Create only makes what is not there.
+    let before = store.generation().await.unwrap();
+    assert!(
+        !store
+            .create(Collection::Users, "a", json!({"email": "other"}))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.generation().await.unwrap(), before);
+    assert!(
+        store
+            .create(Collection::Users, "c", json!({"email": "c@example.org"}))
+            .await
+            .unwrap()
+    );
+    assert!(store.generation().await.unwrap() > before);
+    assert_eq!(
+        store.get(Collection::Users, "c").await.unwrap(),
+        Some(json!({"email": "c@example.org"}))
+    );
 }
 
 pub async fn case_generation_and_subscribe(store: Arc<dyn Store>) {

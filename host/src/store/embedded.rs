@@ -2262,6 +2262,38 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn create(&self, collection: Collection, id: &str, document: Value) -> StoreResult<bool> {
+        let id = id.to_owned();
+        let bytes = serde_json::to_vec(&document)
+            .map_err(|e| StoreError::Backend(format!("encoding a document: {e}")))?;
+        let sender = Arc::clone(&self.generation);
+        self.run("create a document", move |inner| {
+            let (mut log, txn) = inner.begin_durable()?;
+            let next = {
+                let mut table = txn
+                    .open_table(documents(collection))
+                    .context("opening a document table")?;
+                if table
+                    .get(id.as_str())
+                    .context("reading a document")?
+                    .is_some()
+                {
+                    return Ok(false);
+                }
+                table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .context("writing a document")?;
+                drop(table);
+                bump_generation(&txn)?
+            };
+            inner.commit_durable(&mut log, txn, "committing a document")?;
+            announce(&sender, next);
+            tracing::debug!(collection = collection.name(), %id, generation = next, "Created a document.");
+            Ok(true)
+        })
+        .await
+    }
+
     async fn delete(&self, collection: Collection, id: &str) -> StoreResult<bool> {
         let id = id.to_owned();
         let sender = Arc::clone(&self.generation);

@@ -278,6 +278,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn get(&self, collection: Collection, id: &str) -> StoreResult<Option<Value>>;
     /// Creates or replaces a document; bumps the configuration generation.
     async fn put(&self, collection: Collection, id: &str, document: Value) -> StoreResult<()>;
+    /// Creates a document only if none has this id (one atomic step, so instances racing to
+    /// create the same document leave exactly one); returns whether it did. Bumps the generation
+    /// when it did.
+    async fn create(&self, collection: Collection, id: &str, document: Value) -> StoreResult<bool>;
     /// Removes a document; `false` if there was none. Bumps the generation when it removed one.
     async fn delete(&self, collection: Collection, id: &str) -> StoreResult<bool>;
     /// The configuration generation: a number that grows with every document write.
