@@ -45,9 +45,14 @@
 #
 # On a 2-core machine the three instances, HAProxy, Redis, the upstream and
 # wrk share two cores: haproxy-3 shows the cost and the correctness of
-# running a cluster, not scale-out. By default every Mediary instance is
-# pinned to PROXY_CPU and everything else to LOAD_CPU, so that Mediary has
-# one core in every target, whatever the instance count.
+# running a cluster, not scale-out. By default the split is the same in
+# every target: PROXY_CPU holds Mediary and its store, LOAD_CPU the client
+# side. So every Mediary instance and the private Redis share PROXY_CPU (the
+# embedded store does its storage work on Mediary's own threads, so both
+# stores get the same core; wrk and the upstream, which already fill
+# LOAD_CPU, are left alone), and wrk, the upstream and HAProxy (standing in
+# for a balancer in front, which takes nothing from Mediary's machine) share
+# LOAD_CPU. The report's CPU table shows where the time went.
 #
 # Environment:
 #   DURATION        wrk duration of each measured run       (default 15s)
@@ -67,7 +72,8 @@
 #   NGINX_BIN, HAPROXY_BIN, REDIS_SERVER_BIN   the binaries (default: PATH, /usr/sbin)
 #   PROXY_CPU       CPU for every Mediary instance          (default 0)
 #   LOAD_CPU        CPU for wrk and the upstream            (default 1)
-#   REDIS_CPU, LB_CPU  CPUs for the private Redis and HAProxy (default LOAD_CPU)
+#   REDIS_CPU       CPU for the private Redis               (default PROXY_CPU)
+#   LB_CPU          CPU for HAProxy                         (default LOAD_CPU)
 #   PIN             1 = pin with taskset, 0 = don't         (default 1; 0 if < 2 CPUs)
 #   DRAIN_TIMEOUT   seconds to wait for the store to catch up (default 60)
 #   RESULTS_DIR     where the report goes                   (default bench/results)
@@ -102,7 +108,7 @@ HAPROXY_BIN=${HAPROXY_BIN:-}
 REDIS_SERVER_BIN=${REDIS_SERVER_BIN:-}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-REDIS_CPU=${REDIS_CPU:-$LOAD_CPU}
+REDIS_CPU=${REDIS_CPU:-$PROXY_CPU}
 LB_CPU=${LB_CPU:-$LOAD_CPU}
 PIN=${PIN:-1}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-60}
@@ -343,7 +349,7 @@ if ((USES_REDIS)); then
     wait_port "$REDIS_PID" "$REDIS_PORT" redis-server || { tail -n 20 "$TMP/redis/redis.log" >&2; die "redis-server failed to start"; }
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
     REDIS_NOTE="private redis-server on 127.0.0.1:$REDIS_PORT, $(if [[ $REDIS_APPENDONLY == no ]]; then echo "no persistence"; else echo "appendonly yes, appendfsync $REDIS_APPENDONLY"; fi), no RDB snapshots"
-    AFFINITY[redis]=$(affinity "$REDIS_PID")
+    AFFINITY[redis-server]=$(affinity "$REDIS_PID")
   fi
   REDIS_VERSION=$(rcli INFO server | tr -d '\r' | sed -n 's/^redis_version://p')
 fi
@@ -681,11 +687,11 @@ report() {
   echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty tree)')"
   if ((USES_REDIS)); then echo "- Redis: $REDIS_NOTE; prefix \`$PREFIX\`"; fi
   if pinning; then
-    echo "- pinning: every Mediary instance on CPU $PROXY_CPU; wrk and the upstream on CPU $LOAD_CPU; Redis on CPU $REDIS_CPU; HAProxy on CPU $LB_CPU"
+    echo "- pinning: every Mediary instance on CPU $PROXY_CPU$( ((USES_REDIS)) && [[ -n $REDIS_PID ]] && echo ", Redis on CPU $REDIS_CPU"); wrk and the upstream on CPU $LOAD_CPU$(uses_haproxy && echo ", HAProxy on CPU $LB_CPU")"
   else
     echo "- pinning: none"
   fi
-  for k in upstream redis e1 b1 b2 b3 b4 b5 b6 b7 b8 b9 $TARGETS; do
+  for k in upstream redis-server e1 b1 b2 b3 b4 b5 b6 b7 b8 b9 $TARGETS; do
     if [[ -n ${AFFINITY[$k]:-} ]]; then echo "- affinity of $k: ${AFFINITY[$k]}"; fi
   done
   echo
