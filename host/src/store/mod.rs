@@ -14,8 +14,9 @@
 //!   optional expiry, written on the request path (a rate limiter increments a counter per
 //!   request), so a write must be cheap: backends may make it durable a moment later.
 //!
-//! [`embedded`] is the redb backend, used when no Redis is configured. Every backend must pass the
-//! contract suite in [`contract`].
+//! [`embedded`] is the redb backend, used when no Redis is configured; [`redis`] is the Redis backend
+//! that several instances share (its module documentation lists its keys). Every backend must pass
+//! the contract suite in [`contract`].
 
 #[cfg(test)]
 pub mod contract;
