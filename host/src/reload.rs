@@ -153,6 +153,9 @@ pub async fn watch_plugin_files(shared: Arc<Shared>, mut stop: watch::Receiver<b
 /// Reloads the table whenever the store's generation moves, until `stop`.
 pub async fn follow(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut changes = shared.store.subscribe();
+    // Look once at once: a write between the first load and this subscription (the root user
+    // created at start, another instance's change) would otherwise wait for the safety net.
+    changes.mark_changed();
     let mut applied = shared
         .applied_generation
         .load(std::sync::atomic::Ordering::Acquire);

@@ -531,6 +531,19 @@ return g
     )
 });
 
+/// `create` of a document: as [`PUT_DOCUMENT`], but only when the id is free; returns 0 (and
+/// bumps nothing) when it is taken.
+pub(super) static CREATE_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local g = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], g)
+return g
+"#,
+    )
+});
+
 /// `delete` of a document: as [`PUT_DOCUMENT`] without the JSON; returns 0 (and bumps nothing)
 /// when there was no such document.
 pub(super) static DELETE_DOCUMENT: LazyLock<Script> = LazyLock::new(|| {

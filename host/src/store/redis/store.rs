@@ -61,6 +61,36 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
+    /// Runs one of the document scripts (KEYS: the collection's hash, the generation; ARGV: the id,
+    /// the JSON when there is one, the changes channel), which returns the new generation, or 0
+    /// when it changed nothing; announces and syncs a change. Returns whether there was one.
+    async fn write_document(
+        &self,
+        what: &str,
+        script: &'static redis::Script,
+        collection: Collection,
+        id: &str,
+        json: Option<Vec<u8>>,
+    ) -> StoreResult<bool> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.keys.document(collection))
+            .key(self.keys.generation())
+            .arg(id);
+        if let Some(json) = json {
+            invocation.arg(json);
+        }
+        invocation.arg(self.keys.changes());
+        let generation = model::int(self.script(what, invocation).await?, what)?;
+        let Ok(generation @ 1..) = u64::try_from(generation) else {
+            return Ok(false);
+        };
+        link::announce(&self.generation, generation);
+        tracing::debug!(collection = collection.name(), %id, generation, "{what}: done.");
+        self.sync().await?;
+        Ok(true)
+    }
+
     /// Connects (within `settings.timeout`, or fails saying where and why), warns if Redis would
     /// lose acknowledged writes in a crash, and starts the background tasks.
     pub async fn connect(settings: RedisSettings) -> StoreResult<RedisStore> {
@@ -330,36 +360,22 @@ impl Store for RedisStore {
     async fn put(&self, collection: Collection, id: &str, document: Json) -> StoreResult<()> {
         let what = format!("storing {} document {id}", collection.name());
         let bytes = to_json("a document", &document)?;
-        let mut invocation = model::PUT_DOCUMENT.prepare_invoke();
-        invocation
-            .key(self.keys.document(collection))
-            .key(self.keys.generation())
-            .arg(id)
-            .arg(bytes)
-            .arg(self.keys.changes());
-        let generation = model::int(self.script(&what, invocation).await?, &what)?;
-        let generation = u64::try_from(generation).unwrap_or(0);
-        link::announce(&self.generation, generation);
-        tracing::debug!(collection = collection.name(), %id, generation, "Stored a document.");
-        self.sync().await
+        self.write_document(&what, &model::PUT_DOCUMENT, collection, id, Some(bytes))
+            .await
+            .map(drop)
+    }
+
+    async fn create(&self, collection: Collection, id: &str, document: Json) -> StoreResult<bool> {
+        let what = format!("creating {} document {id}", collection.name());
+        let bytes = to_json("a document", &document)?;
+        self.write_document(&what, &model::CREATE_DOCUMENT, collection, id, Some(bytes))
+            .await
     }
 
     async fn delete(&self, collection: Collection, id: &str) -> StoreResult<bool> {
         let what = format!("deleting {} document {id}", collection.name());
-        let mut invocation = model::DELETE_DOCUMENT.prepare_invoke();
-        invocation
-            .key(self.keys.document(collection))
-            .key(self.keys.generation())
-            .arg(id)
-            .arg(self.keys.changes());
-        let generation = model::int(self.script(&what, invocation).await?, &what)?;
-        let Ok(generation @ 1..) = u64::try_from(generation) else {
-            return Ok(false);
-        };
-        link::announce(&self.generation, generation);
-        tracing::debug!(collection = collection.name(), %id, generation, "Deleted a document.");
-        self.sync().await?;
-        Ok(true)
+        self.write_document(&what, &model::DELETE_DOCUMENT, collection, id, None)
+            .await
     }
 
     async fn generation(&self) -> StoreResult<u64> {
