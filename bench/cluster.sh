@@ -75,7 +75,7 @@
 #   REDIS_CPU       CPU for the private Redis               (default PROXY_CPU)
 #   LB_CPU          CPU for HAProxy                         (default LOAD_CPU)
 #   PIN             1 = pin with taskset, 0 = don't         (default 1; 0 if < 2 CPUs)
-#   DRAIN_TIMEOUT   seconds to wait for the store to catch up (default 60)
+#   DRAIN_TIMEOUT   seconds to wait for the store to catch up (default 120)
 #   RESULTS_DIR     where the report goes                   (default bench/results)
 #   KEEP_TMP        1 = keep the temp dir (configs, logs, wrk output, Redis stats)
 #
@@ -111,7 +111,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 REDIS_CPU=${REDIS_CPU:-$PROXY_CPU}
 LB_CPU=${LB_CPU:-$LOAD_CPU}
 PIN=${PIN:-1}
-DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-60}
+DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-120}
 RESULTS_DIR=${RESULTS_DIR:-$SCRIPT_DIR/results}
 KEEP_TMP=${KEEP_TMP:-0}
 
@@ -212,33 +212,37 @@ metric() {
   awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f\n", s }' <<<"$1"
 }
 
-# instance_counters INSTANCE — "records_stored store_errors requests", or
+# instance_counters INSTANCE — "records_stored store_errors requests
+# store_count" from its /metrics, the last being the store's own transaction
+# count (mediary_cluster_transactions) or "-" where Mediary does not give it;
 # nothing if /metrics did not answer.
 instance_counters() {
-  local text
+  local text own=-
   text=$(api "${API_OF[$1]}" /metrics) || return 1
-  echo "$(metric "$text" mediary_records_stored_total) $(metric "$text" mediary_store_errors_total) $(metric "$text" mediary_worker_requests_total)"
+  if grep -q '^mediary_cluster_transactions ' <<<"$text"; then
+    own=$(metric "$text" mediary_cluster_transactions)
+  fi
+  echo "$(metric "$text" mediary_records_stored_total) $(metric "$text" mediary_store_errors_total) $(metric "$text" mediary_worker_requests_total) $own"
 }
 
-# store_count INSTANCE — the store's own transaction count from /metrics
-# (mediary_cluster_transactions), or nothing where Mediary does not give it.
-store_count() {
-  local text
-  text=$(api "${API_OF[$1]}" /metrics) || return 0
-  grep -q '^mediary_cluster_transactions ' <<<"$text" || return 0
-  metric "$text" mediary_cluster_transactions
-}
-
-# wait_drained INSTANCE... — until records_stored_total of every instance has
-# not moved for a second: the spools are in the store.
+# wait_drained MIN INSTANCE... — until the spools are in the store: the
+# store's own count (where /metrics has it) is at least MIN, and neither it
+# nor any instance's records_stored_total has moved for a second. (Neither
+# alone will do: records_stored_total moves once a whole batch is in, and
+# a backlog goes to Redis in many scripts, for seconds.)
 wait_drained() {
-  local deadline=$((SECONDS + DRAIN_TIMEOUT)) last="" now inst stable=0
+  local min=$1 deadline=$((SECONDS + DRAIN_TIMEOUT)) last="" now inst c own stable=0
+  shift
   while ((SECONDS < deadline)); do
     now=""
+    own=""
     for inst in "$@"; do
-      now+="$(instance_counters "$inst" | cut -d' ' -f1) "
+      c=$(instance_counters "$inst" || echo "? ? ? ?")
+      now+="${c%% *} "
+      [[ -n $own ]] || own=${c##* }
     done
-    if [[ $now == "$last" ]]; then
+    now+=$own
+    if [[ $now == "$last" && $now != *"?"* ]] && { [[ $own == - ]] || ((own >= min)); }; then
       stable=$((stable + 1))
       ((stable < 4)) || return 0
     else
@@ -318,8 +322,9 @@ cpu_ticks() {
     cat "/proc/$p/stat" 2>/dev/null || true
   done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { printf "%.0f\n", t }'
 }
-# Busy ticks of the whole machine (every CPU), from /proc/stat.
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# machine_ticks [CPU] — busy ticks of the whole machine (every CPU), or of
+# one CPU, from /proc/stat.
+machine_ticks() { awk -v c="cpu${1:-}" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 # ----------------------------------------------------------------- servers
 
@@ -465,9 +470,11 @@ done
 
 # Per target, summed (or listed) over the rounds.
 declare -A RUNS_RPS RUNS_P50 RUNS_P99 ERRS REQS STORED RECORDS STORE_ERRS WALL
-declare -A READS CMDS CPU SHARE LAST_COUNT OWN_COUNT
+declare -A READS WRITES RWALL CMDS CPU SHARE LAST_COUNT LAST_OWN OWN_COUNT CATCHUP
 LAST_COUNT[embedded]=0
 LAST_COUNT[redis]=0
+LAST_OWN[embedded]=0
+LAST_OWN[redis]=0
 
 # add_cpu TARGET PART TICKS — CPU seconds of PART during TARGET's runs.
 add_cpu() {
@@ -489,12 +496,14 @@ run_target() {
       [[ -z $line ]] || warm_reqs=$(bench_field "$line" requests)
     fi
   fi
-  wait_drained "${insts[@]}" || NOTES+=("$t${ROUND_TAG}: the store had not caught up ${DRAIN_TIMEOUT}s after the warm-up")
+  wait_drained $((LAST_OWN[$store] + warm_reqs)) "${insts[@]}" ||
+    NOTES+=("$t${ROUND_TAG}: the store had not caught up ${DRAIN_TIMEOUT}s after the warm-up")
   before=$(count_tx "$count_port" $((LAST_COUNT[$store] + warm_reqs + 1))) || before=""
   local own_before own_after
-  own_before=$(store_count "${insts[0]}")
   declare -A c_before=() c_after=()
-  for inst in "${insts[@]}"; do c_before[$inst]=$(instance_counters "$inst" || echo "0 0 0"); done
+  for inst in "${insts[@]}"; do c_before[$inst]=$(instance_counters "$inst" || echo "0 0 0 -"); done
+  own_before=${c_before[${insts[0]}]##* }
+  local r_t0=$EPOCHREALTIME
   if [[ $store == redis ]]; then redis_stats "$TMP/redis-$t-r$round-before.txt"; fi
   local procs_m=() p_lb=() p_redis=()
   for inst in "${insts[@]}"; do procs_m+=("${PID_OF[$inst]}"); done
@@ -506,6 +515,9 @@ run_target() {
   t0_r=$(cpu_ticks "${p_redis[@]}")
   t0_u=$(cpu_ticks "$UPSTREAM_PID")
   t0_all=$(machine_ticks)
+  local t0_p t0_l t1_p t1_l
+  t0_p=$(machine_ticks "$PROXY_CPU")
+  t0_l=$(machine_ticks "$LOAD_CPU")
 
   out=$TMP/wrk-$t-r$round.txt
   log "$t${ROUND_TAG}: wrk -t $WRK_THREADS -c $CONNS -d $DURATION"
@@ -520,6 +532,9 @@ run_target() {
   t1_r=$(cpu_ticks "${p_redis[@]}")
   t1_u=$(cpu_ticks "$UPSTREAM_PID")
   t1_all=$(machine_ticks)
+  t1_p=$(machine_ticks "$PROXY_CPU")
+  t1_l=$(machine_ticks "$LOAD_CPU")
+  local wrk_end=$EPOCHREALTIME
   line=$(grep '^BENCH ' "$out" | tail -n 1 || true)
   if [[ -z $line ]]; then
     log "no BENCH line in wrk output for $t:"
@@ -550,27 +565,43 @@ run_target() {
   add_cpu "$t" redis $((t1_r - t0_r))
   add_cpu "$t" upstream $((t1_u - t0_u))
   add_cpu "$t" machine $((t1_all - t0_all))
+  add_cpu "$t" proxy-cpu $((t1_p - t0_p))
+  add_cpu "$t" load-cpu $((t1_l - t0_l))
   add_cpu "$t" rest $(((t1_all - t0_all) - (t1_m - t0_m) - (t1_lb - t0_lb) - (t1_r - t0_r) - (t1_u - t0_u)))
 
-  if ! wait_drained "${insts[@]}"; then
+  local expect=0
+  [[ $own_before == - ]] || expect=$((own_before + requests))
+  if ! wait_drained "$expect" "${insts[@]}"; then
     NOTES+=("$t${ROUND_TAG}: the store had not caught up ${DRAIN_TIMEOUT}s after the run")
     fail_target "$t"
   fi
+  # Catching up: from wrk's end until the store held every record (less the
+  # second of stillness wait_drained waits for).
+  local caught
+  caught=$(awk -v a="$wrk_end" -v b="$EPOCHREALTIME" 'BEGIN { d = b - a - 1; printf "%.1f", (d < 0 ? 0 : d) }')
+  if awk -v a="$caught" -v b="${CATCHUP[$t]:-0}" 'BEGIN { exit !(a > b) }'; then CATCHUP[$t]=$caught; fi
+  # The whole cost of the run, catching up included.
+  add_cpu "$t" mediary-all $(($(cpu_ticks "${procs_m[@]}") - t0_m))
+  add_cpu "$t" redis-all $(($(cpu_ticks "${p_redis[@]}") - t0_r))
+  add_cpu "$t" haproxy-all $(($(cpu_ticks "${p_lb[@]}") - t0_lb))
   if [[ $store == redis ]]; then
     redis_stats "$TMP/redis-$t-r$round-after.txt"
+    RWALL[$t]=$(awk -v a="${RWALL[$t]:-0}" -v t0="$r_t0" -v t1="$EPOCHREALTIME" 'BEGIN { printf "%.3f", a + t1 - t0 }')
     stats_delta "$TMP/redis-$t-r$round-before.txt" "$TMP/redis-$t-r$round-after.txt" >"$TMP/redis-$t-r$round-delta.txt"
-    local d_reads d_cmds
+    local d_reads d_writes d_cmds
     d_reads=$(awk '$1 == "total_reads_processed" { print $2 }' "$TMP/redis-$t-r$round-delta.txt")
+    d_writes=$(awk '$1 == "total_writes_processed" { print $2 }' "$TMP/redis-$t-r$round-delta.txt")
     d_cmds=$(awk '$1 == "total_commands_processed" { print $2 }' "$TMP/redis-$t-r$round-delta.txt")
     READS[$t]=$((${READS[$t]:-0} + ${d_reads:-0}))
+    WRITES[$t]=$((${WRITES[$t]:-0} + ${d_writes:-0}))
     CMDS[$t]=$((${CMDS[$t]:-0} + ${d_cmds:-0}))
     cat "$TMP/redis-$t-r$round-delta.txt" >>"$TMP/redis-$t-deltas.txt"
   fi
   local rec=0 serr=0 r0 e0 q0 r1 e1 q1
   for inst in "${insts[@]}"; do
-    c_after[$inst]=$(instance_counters "$inst" || echo "0 0 0")
-    read -r r0 e0 q0 <<<"${c_before[$inst]}"
-    read -r r1 e1 q1 <<<"${c_after[$inst]}"
+    c_after[$inst]=$(instance_counters "$inst" || echo "0 0 0 -")
+    read -r r0 e0 q0 _ <<<"${c_before[$inst]}"
+    read -r r1 e1 q1 _ <<<"${c_after[$inst]}"
     rec=$((rec + r1 - r0))
     serr=$((serr + e1 - e0))
     SHARE[$t|$inst]=$((${SHARE[$t|$inst]:-0} + q1 - q0))
@@ -578,9 +609,10 @@ run_target() {
   RECORDS[$t]=$((${RECORDS[$t]:-0} + rec))
   STORE_ERRS[$t]=$((${STORE_ERRS[$t]:-0} + serr))
   after=$(count_tx "$count_port" $((${before:-0} + requests))) || after=""
-  own_after=$(store_count "${insts[0]}")
-  if [[ -n $own_before && -n $own_after && ${OWN_COUNT[$t]:-} != n/a ]]; then
+  own_after=${c_after[${insts[0]}]##* }
+  if [[ $own_before != - && $own_after != - && ${OWN_COUNT[$t]:-} != n/a ]]; then
     OWN_COUNT[$t]=$((${OWN_COUNT[$t]:-0} + own_after - own_before))
+    LAST_OWN[$store]=$own_after
   else
     OWN_COUNT[$t]=n/a
   fi
@@ -623,7 +655,7 @@ stop_upstream
 
 # ------------------------------------------------------------------ report
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 US_M
 for t in $TARGETS; do
   if [[ -z ${RUNS_RPS[$t]:-} ]]; then
     RPS[$t]=fail
@@ -722,15 +754,15 @@ report() {
   echo
   echo "## Recording"
   echo
-  echo "After each measured run the script waits until every instance's \`mediary_records_stored_total\` has been steady for a second, then counts the transactions in the store through \`GET /transactions\`. *Stored* is how many more the store holds than before the run; it may exceed wrk's completed requests by at most the connections ($CONNS per run): requests in flight when wrk stops are recorded, not counted by wrk. *Store's count* is the same difference in \`mediary_cluster_transactions\` (the store's own count, where this Mediary reports it): it must agree. *Records written* is the instances' \`mediary_records_stored_total\` (a transaction written again at a later stage counts again)."
+  echo "After each measured run the script waits until every instance's \`mediary_records_stored_total\` has been steady for a second, then counts the transactions in the store through \`GET /transactions\`. *Stored* is how many more the store holds than before the run; it may exceed wrk's completed requests by at most the connections ($CONNS per run): requests in flight when wrk stops are recorded, not counted by wrk. *Store's count* is the same difference in \`mediary_cluster_transactions\` (the store's own count, where this Mediary reports it): it must agree. *Records written* is the instances' \`mediary_records_stored_total\` (a transaction written again at a later stage counts again). *Caught up after* is how long after wrk's end the store held every record (the slowest round): records wait in each instance's spool while the store is behind, so a store that cannot keep up shows here, not in req/s."
   echo
-  echo "| target | wrk requests | stored | in flight at the end | store's count | records written | store errors | check |"
-  echo "|---|--:|--:|--:|--:|--:|--:|---|"
+  echo "| target | wrk requests | stored | in flight at the end | store's count | records written | store errors | caught up after | check |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|---|"
   for t in $TARGETS; do
     [[ -n ${RUNS_RPS[$t]:-} ]] || continue
     local extra="–"
     [[ ${STORED[$t]:-n/a} == n/a ]] || extra=$((${STORED[$t]} - ${REQS[$t]}))
-    echo "| $t | ${REQS[$t]} | ${STORED[$t]:-n/a} | $extra | ${OWN_COUNT[$t]:-n/a} | ${RECORDS[$t]:-0} | ${STORE_ERRS[$t]:-0} | ${RECORD_OK[$t]} |"
+    echo "| $t | ${REQS[$t]} | ${STORED[$t]:-n/a} | $extra | ${OWN_COUNT[$t]:-n/a} | ${RECORDS[$t]:-0} | ${STORE_ERRS[$t]:-0} | ${CATCHUP[$t]:-?} s | ${RECORD_OK[$t]} |"
   done
 
   local any_redis=0
@@ -741,21 +773,22 @@ report() {
     echo
     echo "## Redis round trips"
     echo
-    echo "From the Redis server's \`INFO\` before and after each measured run (the drain included). *Round trips* is \`total_reads_processed\`: one per read of a client socket, so a pipeline, a MULTI/EXEC block or one EVALSHA carrying a whole batch counts once. *Commands* is \`total_commands_processed\`, which also counts the commands a Lua script or a MULTI block runs. Both include the instances' background traffic (heartbeats, configuration polls, HAProxy's readiness checks), the \`/metrics\` scrapes with which this script waits for the drain, and its two INFO calls per snapshot. Writing each transaction on its own would cost at least one round trip per transaction; a batch per drain (every 20 ms per instance) costs far less."
+    echo "From the Redis server's \`INFO\` before and after each measured run (catching up included). *Round trips* is \`total_writes_processed\`: Redis writes its replies once per exchange with a client, so a pipeline, a MULTI/EXEC block or one EVALSHA carrying a whole batch counts once (a reply too large for one write would count more, but the recorder's replies are small). *Socket reads* (\`total_reads_processed\`) is not a count of round trips: a request of a few MB, such as a batch of records, takes hundreds of reads. *Commands* (\`total_commands_processed\`) also counts the commands a Lua script runs. *Per script* is the transactions stored per EVALSHA/EVAL/FCALL: the batch size. All include the instances' background traffic (heartbeats, configuration polls, HAProxy's readiness checks), the \`/metrics\` scrapes with which this script waits for the store, and its two INFO calls per snapshot. Writing each transaction on its own would cost at least one round trip per transaction."
     echo
-    echo "| target | stored | round trips | round trips / transaction | round trips / s per instance | commands | commands / transaction | batched? |"
-    echo "|---|--:|--:|--:|--:|--:|--:|---|"
+    echo "| target | stored | round trips | round trips / transaction | round trips / s per instance | transactions per script | socket reads | commands | commands / transaction | batched? |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"
     for t in $TARGETS; do
       [[ $(store_of "$t") == redis && -n ${RUNS_RPS[$t]:-} ]] || continue
-      local stored=${STORED[$t]:-} n_inst rt_tx batched
+      local stored=${STORED[$t]:-} n_inst rt_tx batched scripts
       [[ $stored == n/a ]] && stored=""
       read -ra n_inst <<<"${INSTS_OF[$t]}"
-      rt_tx=$(per "${READS[$t]:-}" "$stored")
+      scripts=$(grep -E '^cmd:(evalsha|eval|evalsha_ro|eval_ro|fcall|fcall_ro) ' "$TMP/redis-$t-deltas.txt" 2>/dev/null | awk '{ s += $2 } END { print s + 0 }')
+      rt_tx=$(per "${WRITES[$t]:-}" "$stored")
       batched="n/a"
       if [[ $rt_tx != n/a ]]; then
         if awk -v r="$rt_tx" 'BEGIN { exit !(r < 0.1) }'; then batched="yes (< 0.1 per transaction)"; else batched="**no**"; FAILED=1; fi
       fi
-      echo "| $t | ${stored:-n/a} | ${READS[$t]:-0} | $rt_tx | $(awk -v r="${READS[$t]:-0}" -v w="${WALL[$t]:-0}" -v n="${#n_inst[@]}" 'BEGIN { if (w > 0) printf "%.1f", r / w / n; else print "n/a" }') | ${CMDS[$t]:-0} | $(per "${CMDS[$t]:-}" "$stored") | $batched |"
+      echo "| $t | ${stored:-n/a} | ${WRITES[$t]:-0} | $rt_tx | $(awk -v r="${WRITES[$t]:-0}" -v w="${RWALL[$t]:-0}" -v n="${#n_inst[@]}" 'BEGIN { if (w > 0) printf "%.1f", r / w / n; else print "n/a" }') | $(awk -v a="$stored" -v b="$scripts" 'BEGIN { if (a != "" && b > 0) printf "%.0f", a / b; else print "n/a" }') | ${READS[$t]:-0} | ${CMDS[$t]:-0} | $(per "${CMDS[$t]:-}" "$stored") | $batched |"
     done
     for t in $TARGETS; do
       [[ $(store_of "$t") == redis && -f $TMP/redis-$t-deltas.txt ]] || continue
@@ -797,18 +830,42 @@ report() {
   echo
   echo "## Where the CPU went"
   echo
-  echo "CPU seconds per second of the measured runs (1.00 = one whole core), from /proc; *rest* is the machine's busy time minus the parts, mostly wrk."
+  echo "CPU seconds per second of the measured runs (1.00 = one whole core), from /proc; *rest* is the machine's busy time minus the parts: wrk, idle instances, the kernel's own threads (disk writeback), and anything else running on the machine. The last columns are how busy the two CPUs of the split were."
   echo
-  echo "| target | Mediary | HAProxy | Redis | upstream | rest (wrk, ...) | machine (of $(nproc)) |"
-  echo "|---|--:|--:|--:|--:|--:|--:|"
+  echo "| target | Mediary | HAProxy | Redis | upstream | rest (wrk, ...) | machine (of $(nproc)) | CPU $PROXY_CPU | CPU $LOAD_CPU |"
+  echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
   for t in $TARGETS; do
     [[ -n ${RUNS_RPS[$t]:-} ]] || continue
     local cells="" part
-    for part in mediary haproxy redis upstream rest machine; do
+    for part in mediary haproxy redis upstream rest machine proxy-cpu load-cpu; do
       cells+=" $(awk -v c="${CPU[$t|$part]:-0}" -v w="${WALL[$t]:-0}" 'BEGIN { if (w > 0) printf "%.2f", c / w; else print "n/a" }') |"
     done
     echo "| $t |$cells"
   done
+  echo
+  echo "CPU time per request, from wrk's start until the store had caught up (so the store's work after the run is in):"
+  echo
+  echo "| target | Mediary µs / request | Redis µs / transaction | HAProxy µs / request |"
+  echo "|---|--:|--:|--:|"
+  for t in $TARGETS; do
+    [[ -n ${RUNS_RPS[$t]:-} ]] || continue
+    local us_m us_r us_lb
+    us_m=$(awk -v c="${CPU[$t|mediary-all]:-0}" -v n="${REQS[$t]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "n/a" }')
+    us_r="–"
+    if [[ $(store_of "$t") == redis && -n $REDIS_PID ]]; then
+      us_r=$(awk -v c="${CPU[$t|redis-all]:-0}" -v n="${REQS[$t]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "n/a" }')
+    fi
+    us_lb="–"
+    if [[ $t == haproxy-* ]]; then
+      us_lb=$(awk -v c="${CPU[$t|haproxy-all]:-0}" -v n="${REQS[$t]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "n/a" }')
+    fi
+    US_M[$t]=$us_m
+    echo "| $t | $us_m | $us_r | $us_lb |"
+  done
+  if [[ -n ${US_M[embedded]:-} && -n ${US_M[redis]:-} && ${US_M[redis]} != n/a && ${US_M[embedded]} != n/a ]]; then
+    echo
+    echo "An estimate, not a measurement: where Mediary's own core is the limit and Redis runs elsewhere (its own machine, as in production), req/s would go as 1 / Mediary's CPU per request, so the Redis store would reach about $(awk -v e="${US_M[embedded]}" -v r="${US_M[redis]}" 'BEGIN { printf "%.2f", e / r }') of the embedded store's req/s (${US_M[embedded]} µs / ${US_M[redis]} µs). The measured ratio above is lower by what Redis' own CPU takes from the same machine."
+  fi
 
   if ((${#NOTES[@]} > 0)); then
     echo
