@@ -35,9 +35,11 @@
 #   - INFO commandstats and total_reads_processed are server-wide: on the
 #     shared 6379 every other client (tests, other benchmarks) would be counted
 #     as Mediary's round trips;
-#   - its settings are known and in the report: appendonly with fsync every
-#     second (REDIS_APPENDONLY), the nearest to the embedded store, which
-#     syncs the store every second too; no RDB snapshots in the middle of a run;
+#   - its settings are known and in the report: appendonly with
+#     `appendfsync always` (REDIS_APPENDONLY), which Mediary asks for (it
+#     warns at start otherwise): the recorder lets a spool segment go once the
+#     store has its records, so they must be on disk, as the embedded store
+#     makes sure with its own syncs; no RDB snapshots in the middle of a run;
 #   - it can be pinned like everything else, and nothing is left behind.
 # REDIS_URL=redis://host:port/db uses an existing Redis instead, under a
 # prefix unique to the run whose keys are unlinked at exit; the round-trip
@@ -66,8 +68,8 @@
 #   TARGETS         which targets                           (default "embedded redis haproxy-1 haproxy-3")
 #   TARGET_RATIO    redis/embedded req/s needed for PASS    (default 0.85)
 #   REDIS_URL       use this Redis, not a private one
-#   REDIS_APPENDONLY  private Redis' appendfsync: everysec, always, or no
-#                   (appendonly off)                        (default everysec)
+#   REDIS_APPENDONLY  private Redis' appendfsync: always, everysec, or no
+#                   (appendonly off)                        (default always)
 #   MEDIARY_BIN     use this binary, skip `cargo build --release`
 #   NGINX_BIN, HAPROXY_BIN, REDIS_SERVER_BIN   the binaries (default: PATH, /usr/sbin)
 #   PROXY_CPU       CPU for every Mediary instance          (default 0)
@@ -101,7 +103,7 @@ ROUNDS=${ROUNDS:-1}
 TARGETS=${TARGETS:-"embedded redis haproxy-1 haproxy-3"}
 TARGET_RATIO=${TARGET_RATIO:-0.85}
 REDIS_URL=${REDIS_URL:-}
-REDIS_APPENDONLY=${REDIS_APPENDONLY:-everysec}
+REDIS_APPENDONLY=${REDIS_APPENDONLY:-always}
 MEDIARY_BIN=${MEDIARY_BIN:-}
 NGINX_BIN=${NGINX_BIN:-}
 HAPROXY_BIN=${HAPROXY_BIN:-}
@@ -135,7 +137,7 @@ size_bytes "$SIZE" >/dev/null
 [[ $WARMUP == 0 || $(secs "$WARMUP") =~ ^[0-9]+$ ]] || die "bad WARMUP '$WARMUP'"
 [[ $TARGET_RATIO =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "bad TARGET_RATIO '$TARGET_RATIO'"
 [[ $DRAIN_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "bad DRAIN_TIMEOUT '$DRAIN_TIMEOUT'"
-case $REDIS_APPENDONLY in everysec | always | no) ;; *) die "bad REDIS_APPENDONLY '$REDIS_APPENDONLY' (everysec, always or no)" ;; esac
+case $REDIS_APPENDONLY in everysec | always | no) ;; *) die "bad REDIS_APPENDONLY '$REDIS_APPENDONLY' (always, everysec or no)" ;; esac
 [[ -z $REDIS_URL || $REDIS_URL == redis://* ]] || die "REDIS_URL must be redis://host:port/db"
 MAX_INSTANCES=0 # Redis-store instances needed: b1..bN
 USES_REDIS=0
@@ -295,6 +297,19 @@ count_tx() {
   echo "$lo"
 }
 
+# count_tx_retry PORT HINT — count_tx, tried three times: a listing fails
+# while the instance has lost Redis for a moment (a starved Redis misses the
+# store's timeout).
+count_tx_retry() {
+  local i
+  for i in 1 2 3; do
+    count_tx "$@" && return 0
+    log "counting through the API on port $1 failed (attempt $i of 3)"
+    sleep 2
+  done
+  return 1
+}
+
 rcli() { redis-cli --no-auth-warning -u "$REDIS_URL" "$@"; }
 
 # redis_stats OUT — "name value" lines: total_commands_processed,
@@ -308,6 +323,13 @@ redis_stats() {
 # stats_delta BEFORE AFTER — "name delta" for the values that moved.
 stats_delta() {
   awk 'NR == FNR { a[$1] = $2; next } { d = $2 - a[$1]; if (d != 0) print $1, d }' "$1" "$2"
+}
+
+# log_warnings LOGFILE — "count message" per distinct WARN message of a
+# Mediary log (its fields after the first left out), most frequent first.
+log_warnings() {
+  grep ' WARN ' "$1" 2>/dev/null | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^[^ ]* *WARN *//' -e 's/^[a-z-]* *//' \
+    -e 's/ [a-z_]*=.*//' | tr -d '`' | cut -c1-200 | sort | uniq -c | sort -rn | head -n 5 || true
 }
 
 # cpu_ticks PID... — user+system clock ticks of the processes, their threads
@@ -498,7 +520,7 @@ run_target() {
   fi
   wait_drained $((LAST_OWN[$store] + warm_reqs)) "${insts[@]}" ||
     NOTES+=("$t${ROUND_TAG}: the store had not caught up ${DRAIN_TIMEOUT}s after the warm-up")
-  before=$(count_tx "$count_port" $((LAST_COUNT[$store] + warm_reqs + 1))) || before=""
+  before=$(count_tx_retry "$count_port" $((LAST_COUNT[$store] + warm_reqs + 1))) || before=""
   local own_before own_after
   declare -A c_before=() c_after=()
   for inst in "${insts[@]}"; do c_before[$inst]=$(instance_counters "$inst" || echo "0 0 0 -"); done
@@ -608,7 +630,7 @@ run_target() {
   done
   RECORDS[$t]=$((${RECORDS[$t]:-0} + rec))
   STORE_ERRS[$t]=$((${STORE_ERRS[$t]:-0} + serr))
-  after=$(count_tx "$count_port" $((${before:-0} + requests))) || after=""
+  after=$(count_tx_retry "$count_port" $((${before:-0} + requests))) || after=""
   own_after=${c_after[${insts[0]}]##* }
   if [[ $own_before != - && $own_after != - && ${OWN_COUNT[$t]:-} != n/a ]]; then
     OWN_COUNT[$t]=$((${OWN_COUNT[$t]:-0} + own_after - own_before))
@@ -649,6 +671,9 @@ for inst in "${!PID_OF[@]}"; do
   stop_pid "${PID_OF[$inst]}"
   problem=$(log_problems "$inst" "$TMP/$inst/mediary.log")
   if [[ -n $problem ]]; then NOTES+=("$problem"); fi
+  while read -r n msg; do
+    NOTES+=("$inst logged $n WARN line(s): \`$msg\`")
+  done < <(log_warnings "$TMP/$inst/mediary.log")
 done
 if [[ -n $REDIS_PID ]]; then stop_pid "$REDIS_PID"; fi
 stop_upstream
