@@ -23,6 +23,8 @@
 //! - `RATE` (default 0): records per second to write at, as a proxy under that load would hand
 //!   them over (a batch once its records have arrived); 0 writes as fast as the store takes them.
 //! - `WRITE_DIR`: the store's folder (emptied first); otherwise a temporary directory.
+//! - `REDIS_URL`: write to the Redis store there instead (under a prefix of its own, left behind:
+//!   use a scratch Redis), and report the Redis server's CPU per record too (`INFO cpu`).
 //!
 //! It prints records/s, wall and CPU µs per record written (a transaction in two stages is two
 //! records), batch latencies and sync times. CPU is from `/proc/*/stat` (10 ms ticks): "store" is
@@ -55,6 +57,7 @@ use mediary::store::embedded::{EmbeddedStore, FILE_NAME};
 /// The record log's folder (`mediary::store::embedded::LOG_DIR`; spelled out so that the benchmark
 /// also builds against versions without one).
 const LOG_DIR: &str = "records";
+use mediary::store::redis::{RedisSettings, RedisTarget};
 use mediary::store::{Store, StoredTx};
 use mediary::transaction::{Stage, Status};
 
@@ -200,6 +203,21 @@ fn write(
     }
 }
 
+/// The Redis server's CPU seconds so far (user + system, every thread), from `INFO cpu`.
+fn redis_cpu(url: &str) -> f64 {
+    let client = redis::Client::open(url).expect("REDIS_URL is a Redis URL");
+    let mut con = client.get_connection().expect("Redis answers");
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query(&mut con)
+        .expect("INFO cpu");
+    info.lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_user" || *k == "used_cpu_sys")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
 fn main() {
     // As the `mediary` binary does (see its `main`).
     let _ = rustix::thread::disable_transparent_huge_pages(true);
@@ -225,7 +243,18 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir).expect("the store opens"));
+    let redis_url = std::env::var("REDIS_URL").ok();
+    let store: Arc<dyn Store> = match &redis_url {
+        None => Arc::new(EmbeddedStore::open(&dir).expect("the store opens")),
+        Some(url) => runtime
+            .block_on(mediary::store::redis::connect(RedisSettings {
+                target: RedisTarget::parse(url).expect("REDIS_URL is a Redis URL"),
+                prefix: format!("tx-write-bench-{}:", std::process::id()),
+                timeout: Duration::from_secs(10),
+                poll_interval: Duration::from_secs(1),
+            }))
+            .expect("Redis answers"),
+    };
 
     let encoding = Instant::now();
     let warm = prepare(0, preload, min, max, begun_percent);
@@ -258,7 +287,12 @@ fn main() {
         );
     }
 
+    let server_before = redis_url.as_deref().map(redis_cpu);
     let run = write(&runtime, &store, timed, sync_every, rate);
+    let server_cpu = redis_url
+        .as_deref()
+        .zip(server_before)
+        .map(|(url, before)| redis_cpu(url) - before);
     let per = |d: Duration| d.as_secs_f64() * 1e6 / run.writes as f64;
     println!();
     println!(
@@ -298,6 +332,19 @@ fn main() {
         percentile(&run.sync_times, 0.5),
         percentile(&run.sync_times, 1.0),
     );
+    if let Some(server) = server_cpu {
+        println!();
+        println!(
+            "Redis server CPU: {:.2} µs/record (user + system, from INFO cpu); with this \
+             process: {:.2} µs/record",
+            server * 1e6 / run.writes as f64,
+            server * 1e6 / run.writes as f64
+                + run
+                    .process_cpu
+                    .map_or(0.0, |(u, s)| (u + s).as_secs_f64() * 1e6
+                        / run.writes as f64),
+        );
+    }
     let (size, allocated) = disk_use(&dir);
     let count = runtime
         .block_on(store.count_transactions())

@@ -20,6 +20,8 @@
 //! | `P generation` | string | the configuration generation (absent: 0) |
 //! | `P changes` | pub/sub channel | the new generation, published by every document write |
 //! | `P tx` | hash | `H` → the transaction's entry (below) |
+//! | `P tx:head` | hash | `H` → the head of the entry (its first four bytes and channel id): what the indexes follow, read by batch writes instead of the entries |
+//! | `P tx:keep` | hash | empty between commands: a batch write parks here, inside its `MULTI`, the entries it must not replace |
 //! | `P tx:all` | sorted set | every `H` (score 0: ordered by member) |
 //! | `P tx:s:<status code>` | sorted set | `H` of each record with that status (`tx:s:0` is `Processing`) |
 //! | `P tx:c:<channel id>` | sorted set | `H` of each record of that channel |

@@ -81,6 +81,12 @@ impl Keys {
         self.key("tx")
     }
 
+    /// Where `put_transactions` parks, for the length of its transaction, stored entries that a
+    /// batch must not replace (a later stage than the batch's).
+    pub(super) fn tx_keep(&self) -> String {
+        self.key("tx:keep")
+    }
+
     pub(super) fn tx_all(&self) -> String {
         self.key("tx:all")
     }
@@ -153,6 +159,15 @@ pub(super) fn encode_entry(
     out.extend_from_slice(channel.as_bytes());
     out.extend_from_slice(record);
     Ok(out)
+}
+
+/// The head of an encoded entry: stage, status, channel length and channel (what
+/// [`DECIDE_TRANSACTIONS`] and the indexes go by).
+pub(super) fn entry_head(entry: &[u8]) -> &[u8] {
+    let channel = entry
+        .get(2..4)
+        .map_or(0, |len| usize::from(u16::from_be_bytes([len[0], len[1]])));
+    &entry[..(ENTRY_HEAD + channel).min(entry.len())]
 }
 
 /// A stored entry, split.
@@ -290,6 +305,9 @@ local p = ARGV[1]
 local function readable(e)
   return e and #e >= 4 and #e >= 4 + string.byte(e, 3) * 256 + string.byte(e, 4)
 end
+local function head(e)
+  return string.sub(e, 1, 4 + string.byte(e, 3) * 256 + string.byte(e, 4))
+end
 local function channel_of(e)
   return string.sub(e, 5, 4 + string.byte(e, 3) * 256 + string.byte(e, 4))
 end
@@ -298,6 +316,7 @@ local function forget_statuses(id)
 end
 local function index_add(id, e)
   local s, c = string.byte(e, 2), channel_of(e)
+  redis.call('HSET', p .. 'tx:head', id, head(e))
   redis.call('ZADD', p .. 'tx:all', 0, id)
   redis.call('ZADD', p .. 'tx:s:' .. s, 0, id)
   redis.call('ZADD', p .. 'tx:c:' .. c, 0, id)
@@ -305,6 +324,7 @@ local function index_add(id, e)
 end
 local function index_remove(id, e)
   redis.call('ZREM', p .. 'tx:all', id)
+  redis.call('HDEL', p .. 'tx:head', id)
   if readable(e) then
     local s, c = string.byte(e, 2), channel_of(e)
     redis.call('ZREM', p .. 'tx:s:' .. s, id)
@@ -318,6 +338,7 @@ local function store(id, old, new)
   redis.call('HSET', KEYS[1], id, new)
   if readable(old) then
     if string.byte(old, 2) == string.byte(new, 2) and channel_of(old) == channel_of(new) then
+      redis.call('HSET', p .. 'tx:head', id, head(new))
       return
     end
     index_remove(id, old)
@@ -332,25 +353,104 @@ fn tx_script(body: &str) -> Script {
     Script::new(&format!("{TX_LIB}{body}"))
 }
 
-/// `put_transactions`: ARGV = prefix, then id and entry pairs. An entry replaces the stored one
-/// when its stage is the same or later and its bytes differ (a replay writes nothing). Returns how
-/// many entries it wrote.
-pub(super) static PUT_TRANSACTIONS: LazyLock<Script> = LazyLock::new(|| {
-    tx_script(
+/// `put_transactions`, first of its three steps, which go to Redis as one `MULTI`/`EXEC` (atomic,
+/// one round trip; the scripts go as `EVAL`, not `EVALSHA`, since inside `EXEC` a script Redis has
+/// forgotten would fail alone while the steps around it ran): KEYS = entries, kept entries; ARGV = prefix, then id and head pairs (a head is
+/// an entry's stage, status and channel; see [`entry_head`]). Decides from the stored heads: a
+/// record whose stored stage is later than the batch's keeps its entry (copied to the kept hash,
+/// for [`RESTORE_KEPT`]); every other one takes the batch's head and index entries. Returns how
+/// many records take the batch's entry.
+///
+/// The entries themselves never pass through Lua: step two is a plain `HSET` of every entry of
+/// the batch, and step three puts back the kept ones. Handing kilobytes of records to a script
+/// costs the server several times what storing them does; heads are a few dozen bytes. Index
+/// changes go as one `ZADD` (or `ZREM`) per index key for the whole batch, not one per record.
+pub(super) static DECIDE_TRANSACTIONS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{TX_LIB}{}",
         r#"
-local written = 0
+local ids, heads = {}, {}
 for i = 2, #ARGV, 2 do
-  local id, new = ARGV[i], ARGV[i + 1]
-  local old = redis.call('HGET', KEYS[1], id)
-  if not readable(old) or (string.byte(old, 1) <= string.byte(new, 1) and old ~= new) then
-    store(id, old, new)
-    written = written + 1
+  ids[#ids + 1] = ARGV[i]
+  heads[#heads + 1] = ARGV[i + 1]
+end
+local olds = {}
+for from = 1, #ids, 4000 do
+  local got = redis.call('HMGET', p .. 'tx:head', unpack(ids, from, math.min(from + 3999, #ids)))
+  for j = 1, #got do olds[from + j - 1] = got[j] end
+end
+local newheads, adds, removes = {}, {}, {}
+local function push(map, key, id)
+  local list = map[key]
+  if not list then list = {}; map[key] = list end
+  list[#list + 1] = id
+end
+local function index_keys(h)
+  local s, c = string.byte(h, 2), channel_of(h)
+  return {p .. 'tx:s:' .. s, p .. 'tx:c:' .. c, p .. 'tx:cs:' .. s .. ':' .. c}
+end
+local taken = 0
+for n = 1, #ids do
+  local id, new, old = ids[n], heads[n], olds[n]
+  if readable(old) and string.byte(old, 1) > string.byte(new, 1) then
+    local kept = redis.call('HGET', KEYS[1], id)
+    if kept then redis.call('HSET', KEYS[2], id, kept) end
+  else
+    taken = taken + 1
+    if old ~= new then
+      newheads[#newheads + 1] = id
+      newheads[#newheads + 1] = new
+      local now = index_keys(new)
+      if readable(old) then
+        local before = index_keys(old)
+        for k = 1, 3 do
+          if before[k] ~= now[k] then
+            push(removes, before[k], id)
+            push(adds, now[k], id)
+          end
+        end
+      else
+        if old then forget_statuses(id) end
+        push(adds, p .. 'tx:all', id)
+        for k = 1, 3 do push(adds, now[k], id) end
+      end
+    end
   end
 end
-return written
-"#,
+for from = 1, #newheads, 4000 do
+  redis.call('HSET', p .. 'tx:head', unpack(newheads, from, math.min(from + 3999, #newheads)))
+end
+for key, list in pairs(removes) do
+  for from = 1, #list, 4000 do
+    redis.call('ZREM', key, unpack(list, from, math.min(from + 3999, #list)))
+  end
+end
+for key, list in pairs(adds) do
+  for from = 1, #list, 2000 do
+    local args = {}
+    for j = from, math.min(from + 1999, #list) do
+      args[#args + 1] = '0'
+      args[#args + 1] = list[j]
+    end
+    redis.call('ZADD', key, unpack(args))
+  end
+end
+return taken
+"#
     )
 });
+
+/// `put_transactions`, third step: KEYS = entries, kept entries. Puts back the entries step one
+/// kept from being replaced, and empties the kept hash. Returns how many.
+pub(super) const RESTORE_KEPT: &str = r#"
+local kept = redis.call('HGETALL', KEYS[2])
+if #kept == 0 then return 0 end
+for from = 1, #kept, 4000 do
+  redis.call('HSET', KEYS[1], unpack(kept, from, math.min(from + 3999, #kept)))
+end
+redis.call('DEL', KEYS[2])
+return #kept / 2
+"#;
 
 /// `modify_transaction`, first step: KEYS = entries, lock; ARGV = id, token, lock lifetime (ms).
 /// Takes the record's lock and reads its entry: `{1, entry}`, `{0}` when there is no such record,

@@ -169,15 +169,46 @@ impl RedisStore {
             .await
     }
 
-    /// `put_transactions`' script for one chunk of records.
+    /// `put_transactions` for one chunk of records: decide from the stored heads, write every
+    /// entry, put back those a later stage keeps (see [`model::DECIDE_TRANSACTIONS`]), as one
+    /// `MULTI`/`EXEC`. Returns how many records took the chunk's entry.
     async fn put_chunk(&self, chunk: Vec<(String, Vec<u8>)>) -> StoreResult<i64> {
-        let mut invocation = model::PUT_TRANSACTIONS.prepare_invoke();
-        invocation.key(self.keys.tx()).arg(self.keys.prefix());
+        const WHAT: &str = "storing transactions";
+        let (tx, keep) = (self.keys.tx(), self.keys.tx_keep());
+        let mut decide = redis::cmd("EVAL");
+        decide
+            .arg(model::DECIDE_TRANSACTIONS.as_str())
+            .arg(2)
+            .arg(&tx)
+            .arg(&keep)
+            .arg(self.keys.prefix());
+        let mut write = redis::cmd("HSET");
+        write.arg(&tx);
         for (id, entry) in &chunk {
-            invocation.arg(id).arg(entry.as_slice());
+            decide.arg(id).arg(model::entry_head(entry));
+            write.arg(id).arg(entry.as_slice());
         }
-        let written = self.script("storing transactions", invocation).await?;
-        model::int(written, "storing transactions")
+        let mut restore = redis::cmd("EVAL");
+        restore.arg(model::RESTORE_KEPT).arg(2).arg(&tx).arg(&keep);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(decide)
+            .add_command(write)
+            .ignore()
+            .add_command(restore)
+            .ignore();
+        let replies: Vec<Value> = self
+            .link
+            .call(WHAT, move |mut con| async move {
+                pipe.query_async::<Vec<Value>>(&mut con).await
+            })
+            .await?;
+        match replies.into_iter().next() {
+            Some(taken) => model::int(taken, WHAT),
+            None => Err(StoreError::Corrupt(format!(
+                "{WHAT}: Redis answered EXEC with nothing"
+            ))),
+        }
     }
 
     /// Writes culled entries (id, entry read, entry without bodies), reading again and culling

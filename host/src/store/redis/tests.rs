@@ -449,18 +449,33 @@ async fn a_batch_of_a_thousand_records_is_one_round_trip() {
     // The script is loaded by the first call.
     put(&*store, Stage::Begun, &[record(0, "c", Status::Processing)]).await;
     let mut con = raw(&server.url());
-    let (evalsha, hset) = (calls(&mut con, "evalsha"), calls(&mut con, "hset"));
+    let (eval, exec, hset, zadd) = (
+        calls(&mut con, "eval"),
+        calls(&mut con, "exec"),
+        calls(&mut con, "hset"),
+        calls(&mut con, "zadd"),
+    );
     let records: Vec<_> = (1..=1000)
         .map(|i| record(i, ["a", "b"][i as usize % 2], Status::Successful))
         .collect();
     put(&*store, Stage::Final, &records).await;
-    assert_eq!(calls(&mut con, "evalsha"), evalsha + 1, "one script");
-    assert_eq!(calls(&mut con, "hset"), hset + 1000, "every record in it");
+    assert_eq!(calls(&mut con, "exec"), exec + 1, "one transaction");
+    assert_eq!(calls(&mut con, "eval"), eval + 2, "deciding, restoring");
+    // Inside it, a few commands for the whole batch, not several per record: one HSET of the
+    // entries, one of their heads, and one ZADD per index (everything; the status; channels a and
+    // b; each with the status).
+    assert_eq!(
+        calls(&mut con, "hset"),
+        hset + 2,
+        "every record in one HSET"
+    );
+    assert_eq!(calls(&mut con, "zadd"), zadd + 6, "one ZADD per index");
     assert_eq!(store.count_transactions().await.unwrap(), 1001);
 
-    // The same batch again writes nothing.
+    // The same batch again changes no head and no index.
     put(&*store, Stage::Final, &records).await;
-    assert_eq!(calls(&mut con, "hset"), hset + 1000);
+    assert_eq!(calls(&mut con, "hset"), hset + 3, "the entries, unchanged");
+    assert_eq!(calls(&mut con, "zadd"), zadd + 6);
 }
 
 #[tokio::test]
