@@ -192,6 +192,10 @@ ensure_tools
 
 if [[ -z $MEDIARY_BIN ]]; then build_mediary; fi
 [[ -x $MEDIARY_BIN ]] || die "mediary binary not found or not executable: $MEDIARY_BIN"
+# Which binary ran, in the report: the commit says what the tree holds, not
+# what a target directory shared with other builds holds. It must not change
+# during the run either.
+BIN_SHA=$(sha256sum "$MEDIARY_BIN" | cut -c1-12)
 
 make_tmp mediary-cluster
 make_bodies "$SIZE"
@@ -663,6 +667,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+if [[ $(sha256sum "$MEDIARY_BIN" | cut -c1-12) != "$BIN_SHA" ]]; then
+  NOTES+=("\`$MEDIARY_BIN\` was replaced during the run (another build?): the instances ran the binary with sha256 $BIN_SHA")
+fi
 
 # Stop the balancers, then the instances (each drains its spool into the
 # store), then Redis; collect what their logs say.
@@ -740,7 +747,7 @@ report() {
   echo
   echo "- started: $START; $ROUNDS round(s); each target: \`wrk -t $WRK_THREADS -c $CONNS -d $DURATION\` after $(if [[ $WARMUP == 0 ]]; then echo "no warm-up"; else echo "a $WARMUP warm-up"; fi), $METHOD /$SIZE ($BYTES bytes) through a channel routed to one upstream nginx; recording on everywhere"
   echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r); load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
-  echo "- versions: mediary \`$MEDIARY_BIN\` ($(timeout 5 "$MEDIARY_BIN" --version 2>/dev/null | head -n 1 || true)); redis $(if ((USES_REDIS)); then echo "${REDIS_VERSION:-?} (server), $(redis-cli --version | awk '{print $2}') (cli)"; else echo "not used"; fi); haproxy $(if uses_haproxy; then version_of "$HAPROXY_BIN" -v | awk '{print $3}'; else echo "not used"; fi); wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'); nginx $("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')"
+  echo "- versions: mediary \`$MEDIARY_BIN\` ($(timeout 5 "$MEDIARY_BIN" --version 2>/dev/null | head -n 1 || true), built $(date -u -r "$MEDIARY_BIN" '+%Y-%m-%d %H:%M:%S UTC'), sha256 $BIN_SHA); redis $(if ((USES_REDIS)); then echo "${REDIS_VERSION:-?} (server), $(redis-cli --version | awk '{print $2}') (cli)"; else echo "not used"; fi); haproxy $(if uses_haproxy; then version_of "$HAPROXY_BIN" -v | awk '{print $3}'; else echo "not used"; fi); wrk $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'); nginx $("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')"
   echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty tree)')"
   if ((USES_REDIS)); then echo "- Redis: $REDIS_NOTE; prefix \`$PREFIX\`"; fi
   if pinning; then
