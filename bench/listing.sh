@@ -32,7 +32,12 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+BENCH_NAME=listing.sh
+READY_TIMEOUT=60 # seconds for Mediary to open the store and listen
+STOP_TIMEOUT=10  # seconds Mediary gets to stop on TERM
+# shellcheck source=bench/lib.sh
+. "$SCRIPT_DIR/lib.sh"
+REPO=$ROOT
 
 RECORDS=${RECORDS:-1000000}
 DATA_DIR=${DATA_DIR:-}
@@ -49,107 +54,32 @@ RESULTS_DIR=${RESULTS_DIR:-$SCRIPT_DIR/results}
 KEEP_TMP=${KEEP_TMP:-0}
 FILL_TIMEOUT=${FILL_TIMEOUT:-1800}
 
-READY_TIMEOUT=60 # seconds for Mediary to open the store and listen
-READY_LINE='Mediary is ready.'
 ROOT_EMAIL=root@openhim.org
 # The channels the benchmark's records use (host/benches/common/mod.rs, `channel_id`).
 CHANNELS=()
 for c in $(seq 0 19); do CHANNELS+=("$(printf '65f0a1b2c3d4e5f6a7b8c9%02x' "$c")"); done
 
-log() { printf '[listing.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---------------------------------------------------------------- processes
-
 MEDIARY_PID=""
-TMP=""
-
 stop_mediary() {
-  local pid=$MEDIARY_PID i
-  [[ -n $pid ]] || return 0
+  [[ -n $MEDIARY_PID ]] || return 0
+  stop_pid "$MEDIARY_PID"
   MEDIARY_PID=""
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "mediary (pid $pid) did not stop within 10 s of TERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_mediary
-  if [[ -n $TMP && -d $TMP ]]; then
-    if [[ $KEEP_TMP == 1 ]]; then
-      log "kept temp dir $TMP"
-    else
-      rm -rf "$TMP"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
-
-pinning() { [[ $PIN == 1 ]]; }
-on_cpu() { # on_cpu CPU CMD... — CMD pinned to CPU when pinning
-  local cpu=$1
-  shift
-  if pinning; then taskset -c "$cpu" "$@"; else "$@"; fi
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-USED_PORTS=" "
-free_port() { # free_port VAR — a port nothing listens on, below the ephemeral range
-  local p i
-  for ((i = 0; i < 500; i++)); do
-    p=$((20000 + RANDOM % 12000))
-    [[ $USED_PORTS == *" $p "* ]] && continue
-    if ! port_open "$p"; then
-      USED_PORTS+="$p "
-      printf -v "$1" '%s' "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
-
-seconds() { # seconds 10s|2m|1h|10 — for timeouts
-  local v=$1
-  case $v in
-    *h) echo $((${v%h} * 3600)) ;;
-    *m) echo $((${v%m} * 60)) ;;
-    *s) echo "${v%s}" ;;
-    *) echo "$v" ;;
-  esac
 }
 
 # ------------------------------------------------------------------- checks
 
-if (($(nproc) < 2)) || ! command -v taskset >/dev/null; then PIN=0; fi
+check_pinning
 for tool in curl base64 cargo awk; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
 if ! command -v wrk >/dev/null; then
   log "wrk missing; installing it with apt-get"
-  sudo=()
-  ((EUID == 0)) || sudo=(sudo)
-  timeout 300 "${sudo[@]}" apt-get install -y wrk ||
-    { timeout 300 "${sudo[@]}" apt-get update && timeout 300 "${sudo[@]}" apt-get install -y wrk; } ||
-    die "could not install wrk"
+  apt_install wrk || die "could not install wrk"
 fi
-DURATION_S=$(seconds "$DURATION")
-WARMUP_S=$(seconds "$WARMUP")
+DURATION_S=$(secs "$DURATION")
+WARMUP_S=$(secs "$WARMUP")
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/mediary-listing.XXXXXX")
+make_tmp mediary-listing
 DATA=${DATA_DIR:-$TMP/data}
 mkdir -p "$DATA"
 START=$(date '+%Y-%m-%d %H:%M:%S %Z')
@@ -157,10 +87,8 @@ START=$(date '+%Y-%m-%d %H:%M:%S %Z')
 # -------------------------------------------------------------------- build
 
 if [[ -z $MEDIARY_BIN ]]; then
-  log "building mediary (cargo build --release -p mediary)"
-  (cd "$REPO" && timeout 1800 cargo build --release -p mediary) >"$TMP/build.log" 2>&1 ||
-    { tail -n 30 "$TMP/build.log" >&2; die "the build failed"; }
-  MEDIARY_BIN=$REPO/target/release/mediary
+  BUILD_LOG=$TMP/build.log
+  build_mediary
 fi
 [[ -x $MEDIARY_BIN ]] || die "$MEDIARY_BIN is not an executable"
 
@@ -180,6 +108,7 @@ log "$SIZE_LINE"
 # -------------------------------------------------------------------- start
 
 PASSWORD="listing-$RANDOM$RANDOM$RANDOM"
+HTTP_PORT="" API_PORT=""
 free_port HTTP_PORT
 free_port API_PORT
 cat >"$TMP/mediary.toml" <<EOF
@@ -205,20 +134,9 @@ timeout 10 "$MEDIARY_BIN" check-config --config "$TMP/mediary.toml" >"$TMP/check
 ((rc == 0)) || { cat "$TMP/check-config.log" >&2; die "mediary check-config rejected the config"; }
 
 log "starting mediary on the store (API on 127.0.0.1:$API_PORT)"
-# Started directly (not through a shell function, which would run in a subshell of its own), so
-# that $! is Mediary itself: taskset execs it.
-if pinning; then
-  taskset -c "$MEDIARY_CPU" "$MEDIARY_BIN" run --config "$TMP/mediary.toml" >"$TMP/mediary.log" 2>&1 &
-else
-  "$MEDIARY_BIN" run --config "$TMP/mediary.toml" >"$TMP/mediary.log" 2>&1 &
-fi
-MEDIARY_PID=$!
-for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-  grep -qF "$READY_LINE" "$TMP/mediary.log" 2>/dev/null && break
-  kill -0 "$MEDIARY_PID" 2>/dev/null || { tail -n 30 "$TMP/mediary.log" >&2; die "mediary exited during start-up"; }
-  sleep 0.1
-done
-grep -qF "$READY_LINE" "$TMP/mediary.log" || { tail -n 30 "$TMP/mediary.log" >&2; die "mediary was not ready within ${READY_TIMEOUT}s"; }
+start_bg "$MEDIARY_CPU" "$TMP/mediary.log" "$MEDIARY_BIN" run --config "$TMP/mediary.toml"
+MEDIARY_PID=$LAST_PID
+wait_ready "$MEDIARY_PID" "$TMP/mediary.log" || die "mediary did not become ready"
 OPENED=$(grep -oE 'transactions=[0-9]+ segments=[0-9]+' "$TMP/mediary.log" | head -n 1 || true)
 
 # ------------------------------------------------------------- sanity check

@@ -38,9 +38,9 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
-TEMPLATES=$SCRIPT_DIR/templates
-LUA=$SCRIPT_DIR/wrk-report.lua
+BENCH_NAME=proxy.sh
+# shellcheck source=bench/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
@@ -59,154 +59,6 @@ PIN=${PIN:-1}
 RESULTS_DIR=${RESULTS_DIR:-$SCRIPT_DIR/results}
 KEEP_TMP=${KEEP_TMP:-0}
 
-READY_TIMEOUT=30     # seconds to wait for a server to come up
-READY_LINE='Mediary is ready.'
-
-log() { printf '[proxy.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---------------------------------------------------------------- processes
-
-PIDS=()
-TMP=""
-
-# Stop one process we started: TERM, wait up to 5 s, then KILL it and the
-# children it had (nginx workers).
-stop_pid() {
-  local pid=$1 kids i k
-  if kill -0 "$pid" 2>/dev/null; then
-    kids=$(pgrep -P "$pid" 2>/dev/null || true)
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid did not stop on TERM; killing it and its children"
-      kill -KILL "$pid" 2>/dev/null || true
-      for k in $kids; do
-        kill -KILL "$k" 2>/dev/null || true
-      done
-    fi
-  fi
-  wait "$pid" 2>/dev/null || true
-  local keep=() p
-  for p in "${PIDS[@]}"; do
-    [[ $p == "$pid" ]] || keep+=("$p")
-  done
-  PIDS=("${keep[@]}")
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local pid
-  for pid in "${PIDS[@]}"; do
-    stop_pid "$pid"
-  done
-  if [[ -n $TMP && -d $TMP ]]; then
-    if [[ $KEEP_TMP == 1 ]]; then
-      log "kept temp dir $TMP"
-    else
-      rm -rf "$TMP"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
-
-pinning() { [[ $PIN == 1 ]]; }
-
-# start_bg CPU LOGFILE CMD... — start CMD in the background (pinned to CPU),
-# stdout+stderr to LOGFILE; its pid ends up in LAST_PID.
-LAST_PID=""
-start_bg() {
-  local cpu=$1 logfile=$2
-  shift 2
-  if pinning; then
-    taskset -c "$cpu" "$@" >"$logfile" 2>&1 &
-  else
-    "$@" >"$logfile" 2>&1 &
-  fi
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-# -------------------------------------------------------------------- ports
-
-USED_PORTS=" "
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# free_port VAR — a port nothing listens on, below the ephemeral range.
-free_port() {
-  local p i
-  for ((i = 0; i < 500; i++)); do
-    p=$((20000 + RANDOM % 12000))
-    [[ $USED_PORTS == *" $p "* ]] && continue
-    if ! port_open "$p"; then
-      USED_PORTS+="$p "
-      printf -v "$1" '%s' "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
-
-# wait_port PID PORT WHAT — wait until PORT accepts connections.
-wait_port() {
-  local pid=$1 port=$2 what=$3 i
-  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { log "$what exited during start-up"; return 1; }
-    port_open "$port" && return 0
-    sleep 0.1
-  done
-  log "$what did not listen on $port within ${READY_TIMEOUT}s"
-  return 1
-}
-
-# -------------------------------------------------------------------- utils
-
-# render TEMPLATE OUT KEY=VALUE... — replace @KEY@ with VALUE.
-render() {
-  local tpl=$1 out=$2 kv key val esc args=()
-  shift 2
-  for kv in "$@"; do
-    key=${kv%%=*}
-    val=${kv#*=}
-    esc=$(printf '%s' "$val" | sed -e 's/[\\|&]/\\&/g')
-    args+=(-e "s|@${key}@|${esc}|g")
-  done
-  sed "${args[@]}" "$tpl" >"$out"
-  if grep -q '@[A-Z_]*@' "$out"; then
-    die "unfilled placeholder in $out: $(grep -o '@[A-Z_]*@' "$out" | head -1)"
-  fi
-}
-
-# size_bytes 64k -> 65536
-size_bytes() {
-  local s=${1,,}
-  case $s in
-    *[0-9]) echo "$s" ;;
-    *k) echo $((${s%k} * 1024)) ;;
-    *m) echo $((${s%m} * 1024 * 1024)) ;;
-    *) die "bad size '$1' (use N, Nk or Nm)" ;;
-  esac
-}
-
-# secs 10s|2m|1h|7 -> whole seconds (rounded up)
-secs() {
-  local d=$1
-  case $d in
-    *ms) echo 1 ;;
-    *s) echo "${d%s}" ;;
-    *m) echo $((${d%m} * 60)) ;;
-    *h) echo $((${d%h} * 3600)) ;;
-    *) echo "$d" ;;
-  esac
-}
-
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 # ----------------------------------------------------------------- checks
@@ -222,31 +74,9 @@ done
 [[ $WARMUP == 0 || $(secs "$WARMUP") =~ ^[0-9]+$ ]] || die "bad WARMUP '$WARMUP'"
 
 ensure_tools() {
-  if [[ -z $NGINX_BIN ]]; then
-    NGINX_BIN=$(command -v nginx || true)
-    [[ -z $NGINX_BIN && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
-  fi
-  if [[ -z $NGINX_BIN ]] || ! command -v wrk >/dev/null; then
-    log "nginx and/or wrk missing; installing nginx-light and wrk"
-    local sudo=()
-    [[ $EUID -ne 0 ]] && sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get install -y nginx-light wrk ||
-      { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y nginx-light wrk; }
-    NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
-  fi
-  [[ -x $NGINX_BIN ]] || die "nginx not found"
-  command -v wrk >/dev/null || die "wrk not found"
+  ensure_nginx_wrk
   command -v curl >/dev/null || log "curl not found: skipping response checks"
-  if pinning; then
-    if ! command -v taskset >/dev/null; then
-      log "taskset not found: not pinning"
-      PIN=0
-    elif (($(nproc) < 2)); then
-      log "fewer than 2 CPUs: not pinning"
-      PIN=0
-    fi
-  fi
+  check_pinning
 }
 
 ensure_tools
@@ -254,13 +84,7 @@ ensure_tools
 has_mediary() { has mediary || has mediary-norec || has mediary-router || has mediary-router-fresh; }
 
 if has_mediary; then
-  if [[ -z $MEDIARY_BIN ]]; then
-    log "building mediary (cargo build --release -p mediary)"
-    (cd "$ROOT" && cargo build --release -p mediary) || die "cargo build failed"
-    target_dir=${CARGO_TARGET_DIR:-target}
-    [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
-    MEDIARY_BIN=$target_dir/release/mediary
-  fi
+  if [[ -z $MEDIARY_BIN ]]; then build_mediary; fi
   [[ -x $MEDIARY_BIN ]] || die "mediary binary not found or not executable: $MEDIARY_BIN"
 fi
 if has mediary-router || has mediary-router-fresh; then
@@ -273,95 +97,9 @@ if has mediary-router || has mediary-router-fresh; then
   [[ -f $ROUTER_WASM ]] || die "router component not found: $ROUTER_WASM"
 fi
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/mediary-bench.XXXXXX")
-USER_DIRECTIVE=""
-# nginx run by root drops its worker to "nobody", which can't read the
-# 0700 temp dir; keep the worker as root for this throw-away setup.
-[[ $EUID -eq 0 ]] && USER_DIRECTIVE="user root;"
-
-mkdir -p "$TMP/www"
-for s in $SIZES; do
-  head -c "$(size_bytes "$s")" /dev/urandom >"$TMP/www/$s"
-done
-
-# --------------------------------------------------------------- servers
-
-UPSTREAM_PORT=""
-UPSTREAM_PID=""
-
-start_nginx() { # NAME CPU TEMPLATE PORT [KEY=VALUE...]; pid in LAST_PID
-  local name=$1 cpu=$2 tpl=$3 port=$4
-  shift 4
-  local dir=$TMP/$name
-  mkdir -p "$dir"
-  render "$tpl" "$dir/nginx.conf" DIR="$dir" PORT="$port" \
-    USER_DIRECTIVE="$USER_DIRECTIVE" "$@"
-  start_bg "$cpu" "$dir/stderr.log" "$NGINX_BIN" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
-  wait_port "$LAST_PID" "$port" "nginx ($name)" || {
-    tail -n 20 "$dir/stderr.log" "$dir/error.log" >&2 2>/dev/null || true
-    return 1
-  }
-}
-
-start_upstream() { # CPU
-  free_port UPSTREAM_PORT
-  start_nginx upstream "$1" "$TEMPLATES/upstream.nginx.conf" "$UPSTREAM_PORT" ROOT="$TMP/www" ||
-    die "upstream nginx failed to start"
-  UPSTREAM_PID=$LAST_PID
-}
-
-stop_upstream() {
-  if [[ -n $UPSTREAM_PID ]]; then stop_pid "$UPSTREAM_PID"; fi
-  UPSTREAM_PID=""
-}
-
-# start_mediary NAME PORT RECORDING [PLUGIN] — pid in LAST_PID; 1 if it did not
-# become ready. RECORDING is true or false; NAME is its folder under the temp
-# dir; PLUGIN, if given, is the channel's `plugin = {...}` line.
-start_mediary() {
-  local name=$1 port=$2 recording=$3 plugin=${4:-} api_port dir=$TMP/$1 i
-  free_port api_port
-  rm -rf "$dir"
-  mkdir -p "$dir"
-  render "$TEMPLATES/mediary.toml" "$dir/mediary.toml" \
-    PORT="$port" API_PORT="$api_port" UPSTREAM_PORT="$UPSTREAM_PORT" RECORDING="$recording" \
-    PLUGIN="$plugin"
-  # A config mistake is clearer from check-config than from a failed start.
-  local rc=0
-  timeout 10 "$MEDIARY_BIN" check-config --config "$dir/mediary.toml" >"$dir/check-config.log" 2>&1 || rc=$?
-  if ((rc == 64)); then
-    log "mediary check-config rejected $dir/mediary.toml:"
-    cat "$dir/check-config.log" >&2
-    return 1
-  fi
-  start_bg "$PROXY_CPU" "$dir/mediary.log" \
-    "$MEDIARY_BIN" run --config "$dir/mediary.toml" --workers 1
-  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-    grep -qF "$READY_LINE" "$dir/mediary.log" 2>/dev/null && return 0
-    if ! kill -0 "$LAST_PID" 2>/dev/null; then
-      log "mediary exited during start-up; log tail:"
-      tail -n 30 "$dir/mediary.log" >&2 || true
-      return 1
-    fi
-    sleep 0.1
-  done
-  log "mediary did not log '$READY_LINE' within ${READY_TIMEOUT}s; log tail:"
-  tail -n 30 "$dir/mediary.log" >&2 || true
-  return 1
-}
-
-# affinity PID — which CPUs the process, its threads and its child processes
-# (nginx workers) may run on, as seen after start-up.
-affinity() {
-  pinning || { echo "not pinned"; return; }
-  local p all procs=()
-  mapfile -t procs < <(echo "$1"; pgrep -P "$1" 2>/dev/null || true)
-  all=$(for p in "${procs[@]}"; do
-    taskset -a -pc "$p" 2>/dev/null || true
-  done | sed 's/.*: //' | sort | uniq -c |
-    awk '{printf "%s%d thread(s) on CPU %s", (NR > 1 ? ", " : ""), $1, $2}')
-  echo "${all:-unknown}"
-}
+make_tmp mediary-bench
+# shellcheck disable=SC2086 # one file per size
+make_bodies $SIZES
 
 # ------------------------------------------------------------------- load
 
@@ -371,35 +109,6 @@ NOTES=()
 FAILED=0
 
 fail_point() { FAILS[$1]=1; FAILED=1; }
-
-# check_body URL BYTES — GET once and check status and length.
-check_body() {
-  command -v curl >/dev/null || return 0
-  local got
-  local data=()
-  [[ $METHOD == POST ]] && data=(--data-binary "@$TMP/www/$(basename "$1")")
-  got=$(curl -s -o /dev/null --max-time 5 "${data[@]}" -w '%{http_code} %{size_download}' "$1" || true)
-  [[ $got == "200 $2" ]] && return 0
-  log "check failed for $1: expected '200 $2', got '$got'"
-  return 1
-}
-
-# wrk_run CONNS DURATION URL OUT — run wrk pinned to LOAD_CPU, bounded in time.
-wrk_run() {
-  local c=$1 d=$2 url=$3 out=$4 t=$WRK_THREADS guard pid rc=0
-  if ((t > c)); then t=$c; fi
-  guard=$(($(secs "$d") + 30))
-  local cmd=(env WRK_METHOD="$METHOD" WRK_BODY_FILE="$TMP/www/${url##*/}" timeout -k 5 "$guard" wrk -t "$t" -c "$c" -d "$d" --latency -s "$LUA" "$url")
-  if pinning; then cmd=(taskset -c "$LOAD_CPU" "${cmd[@]}"); fi
-  "${cmd[@]}" >"$out" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
-  wait "$pid" || rc=$?
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-  return "$rc"
-}
 
 # check_target TARGET — check every body through TARGET; failed points are
 # marked and skipped later.
@@ -545,10 +254,8 @@ if has nginx || has_mediary; then
   for entry in "${mediary_pids[@]}"; do
     t=${entry%%:*}
     stop_pid "${entry#*:}"
-    mlog=$TMP/$t/mediary.log
-    if grep -qE 'panic|ERROR' "$mlog"; then
-      NOTES+=("$t logged $(grep -cE 'panic|ERROR' "$mlog") line(s) with ERROR/panic, e.g. \`$(grep -E 'panic|ERROR' "$mlog" | head -n 1 | sed 's/\x1b\[[0-9;]*m//g' | tr -d '`' | cut -c1-200)\`")
-    fi
+    problem=$(log_problems "$t" "$TMP/$t/mediary.log")
+    if [[ -n $problem ]]; then NOTES+=("$problem"); fi
   done
   stop_upstream
 fi
@@ -556,16 +263,6 @@ fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ------------------------------------------------------------------ report
-
-# median "v1 v2 ..." (average of the middle two for an even count)
-median() {
-  tr ' ' '\n' <<<"$1" | grep . | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-# spread "v1 v2 ..." -> "min–max" as integers
-spread() {
-  tr ' ' '\n' <<<"$1" | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }'
-}
 
 # Fold the rounds into one value per point (median), or "fail".
 declare -A RPS P50 P99
@@ -583,16 +280,6 @@ for t in $TARGETS; do
     done
   done
 done
-
-fmt_rps() { if [[ -z $1 || $1 == fail ]]; then echo "${1:-n/a}"; else printf '%.0f' "$1"; fi; }
-fmt_ms() { if [[ -z $1 ]]; then echo "–"; else awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; fi; }
-ratio() { # A B -> A/B with 2 decimals, or n/a
-  if [[ -z $1 || -z $2 || $1 == fail || $2 == fail ]]; then
-    echo "n/a"
-  else
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
-  fi
-}
 
 report() {
   local t s c key range_h="" range_sep="" range
@@ -660,7 +347,7 @@ report() {
   fi
   local r
   for r in mediary-router mediary-router-fresh; do
-    has mediary && has "$r" || continue
+    if ! has mediary || ! has "$r"; then continue; fi
     echo
     echo "Cost of the router plugin ($r = the same channel with plugins/rust/router; a req/s ratio of 0.90 means the plugin costs 10%):"
     echo
