@@ -519,6 +519,27 @@ pub struct PluginLogLine {
 }
 
 impl Transaction {
+    /// Drops every body the record holds (request, response, routes' and orchestrations'), as
+    /// retention does past a channel's `maxBodyAgeDays`; whether it held any.
+    pub fn strip_bodies(&mut self) -> bool {
+        fn request(request: &mut RequestRecord) -> bool {
+            request.body_truncated = false;
+            request.body.take().is_some()
+        }
+        fn response(response: Option<&mut ResponseRecord>) -> bool {
+            response.is_some_and(|r| {
+                r.body_truncated = false;
+                r.body.take().is_some()
+            })
+        }
+        // `|` not `||`: every body goes, not just the first one found.
+        let mut had = request(&mut self.request) | response(self.response.as_mut());
+        for exchange in self.routes.iter_mut().chain(self.orchestrations.iter_mut()) {
+            had |= request(&mut exchange.request) | response(exchange.response.as_mut());
+        }
+        had
+    }
+
     /// The binary form kept in the spool and the store.
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain data into a Vec cannot fail.

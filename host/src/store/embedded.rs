@@ -111,7 +111,7 @@ use uuid::Uuid;
 use super::{
     Collection, Culled, InstanceBeat, Store, StoreError, StoreResult, StoredTx, TxQuery, ttl_millis,
 };
-use crate::transaction::{RequestRecord, ResponseRecord, Stage, Status, Timestamp, Transaction};
+use crate::transaction::{Stage, Status, Timestamp, Transaction};
 
 /// The database file inside the data directory.
 pub const FILE_NAME: &str = "mediary.redb";
@@ -1771,29 +1771,6 @@ fn count_transactions(inner: &Inner) -> StoreResult<u64> {
         .context("counting transactions")
 }
 
-/// Drops a request's body; whether it had one.
-fn strip_request(request: &mut RequestRecord) -> bool {
-    request.body_truncated = false;
-    request.body.take().is_some()
-}
-
-fn strip_response(response: Option<&mut ResponseRecord>) -> bool {
-    response.is_some_and(|r| {
-        r.body_truncated = false;
-        r.body.take().is_some()
-    })
-}
-
-/// Drops every body a record holds; whether it held any.
-fn strip_bodies(tx: &mut Transaction) -> bool {
-    // `|` not `||`: every body goes, not just the first one found.
-    let mut had = strip_request(&mut tx.request) | strip_response(tx.response.as_mut());
-    for exchange in tx.routes.iter_mut().chain(tx.orchestrations.iter_mut()) {
-        had |= strip_request(&mut exchange.request) | strip_response(exchange.response.as_mut());
-    }
-    had
-}
-
 fn cull_bodies(
     inner: &Inner,
     channel: &str,
@@ -1840,7 +1817,7 @@ fn cull_bodies(
         for &(id, old) in &found {
             culled.visited += 1;
             let mut tx = records.decode(id, old.at)?;
-            if strip_bodies(&mut tx) {
+            if tx.strip_bodies() {
                 changed.push((id, old, tx.encode()));
             }
         }

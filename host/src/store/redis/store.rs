@@ -17,7 +17,7 @@ use super::model::{self, Keys, bound, hex};
 use crate::store::{
     Collection, Culled, InstanceBeat, Store, StoreError, StoreResult, StoredTx, TxQuery, ttl_millis,
 };
-use crate::transaction::{RequestRecord, ResponseRecord, Status, Transaction};
+use crate::transaction::{Status, Transaction};
 
 /// The most records one `put_transactions` script writes: a batch larger than this (or than
 /// [`PUT_CHUNK_BYTES`]) goes in several scripts, one after the other, so that no script holds
@@ -300,34 +300,11 @@ fn decode(id: Uuid, entry: &[u8]) -> StoreResult<Transaction> {
         .map_err(|e| StoreError::Corrupt(format!("transaction {id}: {e}")))
 }
 
-/// Drops a request's body; whether it had one.
-fn strip_request(request: &mut RequestRecord) -> bool {
-    request.body_truncated = false;
-    request.body.take().is_some()
-}
-
-fn strip_response(response: Option<&mut ResponseRecord>) -> bool {
-    response.is_some_and(|r| {
-        r.body_truncated = false;
-        r.body.take().is_some()
-    })
-}
-
-/// Drops every body a record holds (as the embedded store does); whether it held any.
-fn strip_bodies(tx: &mut Transaction) -> bool {
-    // `|` not `||`: every body goes, not just the first one found.
-    let mut had = strip_request(&mut tx.request) | strip_response(tx.response.as_mut());
-    for exchange in tx.routes.iter_mut().chain(tx.orchestrations.iter_mut()) {
-        had |= strip_request(&mut exchange.request) | strip_response(exchange.response.as_mut());
-    }
-    had
-}
-
 /// `entry` without its record's bodies (stage, status and channel kept), if it had any.
 fn without_bodies(id: Uuid, entry: &[u8]) -> StoreResult<Option<Vec<u8>>> {
     let head = model::read_entry(id, entry)?;
     let mut tx = decode(id, entry)?;
-    if !strip_bodies(&mut tx) {
+    if !tx.strip_bodies() {
         return Ok(None);
     }
     let channel = std::str::from_utf8(head.channel).map_err(|_| {
