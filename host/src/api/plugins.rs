@@ -44,9 +44,12 @@ pub async fn upload(
     body: Incoming,
     user: &str,
 ) -> Result<Reply, ApiError> {
-    let name = plugin_name(name).map_err(|reason| ApiError::BadRequest(format!("{reason}.")))?;
+    // The body is read before the name is judged: a refusal sent while the client is still
+    // sending would leave the connection unusable, and a client that pooled it would fail its
+    // next request on a broken pipe.
     let limit = api.shared.config.plugins.max_upload;
     let wasm: Bytes = api.read_body(headers, body, limit).await?;
+    let name = plugin_name(name).map_err(|reason| ApiError::BadRequest(format!("{reason}.")))?;
     if wasm.is_empty() {
         return Err(ApiError::BadRequest(
             "The request has no body; send the plugin's .wasm file.".into(),
