@@ -1269,22 +1269,6 @@ fn existing(
     Ok(Existing::Replace(old))
 }
 
-/// The records of a batch to write, by id: of several records with one id, the one of the latest
-/// stage (the last one given of that stage).
-fn latest_per_id(batch: &[StoredTx]) -> Vec<&StoredTx> {
-    let mut sorted: Vec<&StoredTx> = batch.iter().collect();
-    // Stable: records of one id and stage keep their order.
-    sorted.sort_by_key(|tx| (tx.id, tx.stage));
-    let mut out: Vec<&StoredTx> = Vec::with_capacity(sorted.len());
-    for tx in sorted {
-        match out.last_mut() {
-            Some(last) if last.id == tx.id => *last = tx,
-            _ => out.push(tx),
-        }
-    }
-    out
-}
-
 fn record_len(bytes: &[u8]) -> StoreResult<u32> {
     u32::try_from(bytes.len())
         .map_err(|_| StoreError::Backend(format!("a record of {} bytes", bytes.len())))
@@ -1293,7 +1277,7 @@ fn record_len(bytes: &[u8]) -> StoreResult<u32> {
 // ----- transactions: the blocking halves -----
 
 fn put_transactions(inner: &Inner, batch: &[StoredTx]) -> StoreResult<usize> {
-    let batch = latest_per_id(batch);
+    let batch = super::latest_per_id(batch);
     let mut log = inner.log();
     let mut records = Records::new(inner);
     let mut txn = inner.db.begin_write().context("beginning a write")?;

@@ -159,6 +159,22 @@ impl StoredTx {
     }
 }
 
+/// The records of a batch to write: of several records with one id, the one of the latest stage
+/// (the last one given of that stage), as the stage rule would leave them; by id.
+pub(crate) fn latest_per_id(batch: &[StoredTx]) -> Vec<&StoredTx> {
+    let mut sorted: Vec<&StoredTx> = batch.iter().collect();
+    // Stable: records of one id and stage keep their order.
+    sorted.sort_by_key(|tx| (tx.id, tx.stage));
+    let mut out: Vec<&StoredTx> = Vec::with_capacity(sorted.len());
+    for tx in sorted {
+        match out.last_mut() {
+            Some(last) if last.id == tx.id => *last = tx,
+            _ => out.push(tx),
+        }
+    }
+    out
+}
+
 /// What one [`Store::cull_bodies`] call did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Culled {

@@ -278,22 +278,6 @@ impl RedisStore {
     }
 }
 
-/// The records of a batch to write: of several records with one id, the one of the latest stage
-/// (the last one given of that stage), as the stage rule would leave them.
-fn latest_per_id(batch: &[StoredTx]) -> Vec<&StoredTx> {
-    let mut sorted: Vec<&StoredTx> = batch.iter().collect();
-    // Stable: records of one id and stage keep their order.
-    sorted.sort_by_key(|tx| (tx.id, tx.stage));
-    let mut out: Vec<&StoredTx> = Vec::with_capacity(sorted.len());
-    for tx in sorted {
-        match out.last_mut() {
-            Some(last) if last.id == tx.id => *last = tx,
-            _ => out.push(tx),
-        }
-    }
-    out
-}
-
 fn decode(id: Uuid, entry: &[u8]) -> StoreResult<Transaction> {
     let entry = model::read_entry(id, entry)?;
     Transaction::decode(entry.record)
@@ -408,7 +392,7 @@ impl Store for RedisStore {
         let mut chunk: Vec<(String, Vec<u8>)> = Vec::new();
         let mut bytes = 0usize;
         let mut written = 0i64;
-        for tx in latest_per_id(&batch) {
+        for tx in crate::store::latest_per_id(&batch) {
             let entry = model::encode_entry(tx.stage as u8, tx.status, &tx.channel_id, &tx.bytes)?;
             bytes += entry.len();
             chunk.push((hex(tx.id), entry));

@@ -158,27 +158,25 @@ fn parse_host_port(text: &str) -> Result<(String, u16), String> {
 
 /// `url` with its password replaced by `***`, for logs and errors.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+    match password_span(url) {
+        Some(span) => format!("{}***{}", &url[..span.start], &url[span.end..]),
         None => url.to_owned(),
     }
 }
 
-/// An error from redis-rs about `url`, with the URL's password (if it appears) hidden.
+/// Where the password of `url` is (`scheme://user:PASSWORD@host…`), if it has the place for one.
+fn password_span(url: &str) -> Option<std::ops::Range<usize>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..end].rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    let base = scheme.len() + "://".len();
+    Some(base + colon + 1..base + at)
+}
+
 fn redact_error(error: &str, url: &str) -> String {
-    match url.split_once("://").and_then(|(_, rest)| {
-        let end = rest.find('/').unwrap_or(rest.len());
-        let at = rest[..end].rfind('@')?;
-        rest[..at].split_once(':').map(|(_, pass)| pass)
-    }) {
-        Some(pass) if !pass.is_empty() => error.replace(pass, "***"),
+    match password_span(url) {
+        Some(span) if !span.is_empty() => error.replace(&url[span], "***"),
         _ => error.to_owned(),
     }
 }
