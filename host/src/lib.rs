@@ -15,6 +15,7 @@
 //! - [`reload`]: the live channel table, rebuilt from the store whenever channels change.
 //! - [`cluster`]: heartbeats, so that instances sharing a store see each other (`GET /cluster`).
 //! - [`retention`]: the job that removes old bodies and records.
+//! - [`tls`]: the HTTPS listener's certificates (reloaded from files) and client certificates.
 //!
 //! The server is [`run`]: it takes bound listeners and a shutdown future, so tests bind port 0.
 
@@ -30,6 +31,7 @@ pub mod recorder;
 pub mod reload;
 pub mod retention;
 pub mod store;
+pub mod tls;
 pub mod transaction;
 pub mod workers;
 
