@@ -156,7 +156,12 @@ impl Authenticator {
 
     /// The email of the user the request authenticates as.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let credentials = Credentials::from_headers(headers)?;
+        self.check(Credentials::from_headers(headers)?).await
+    }
+
+    /// The email of the user whose credentials these are (from Basic or from a console login);
+    /// 401 otherwise, after the same work whether the user exists or not.
+    pub async fn check(&self, credentials: Credentials) -> Result<String, ApiError> {
         let key = credentials.cache_key();
         // Read before the store, so that a write racing with this check leaves the entry marked as
         // older than the write, and it is looked at again next time.

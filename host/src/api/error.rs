@@ -22,6 +22,12 @@ pub enum ApiError {
     /// No usable credentials, or credentials that were not accepted. The reason never says whether
     /// the user exists.
     Unauthorized(&'static str),
+    /// The user is authenticated but its roles do not allow this; `permission` names what is
+    /// missing (none when the user has no role at all).
+    Forbidden {
+        reason: String,
+        permission: Option<crate::api::roles::Permission>,
+    },
     /// Nothing is served at this path.
     NoRoute,
     /// Something is served at this path, but not for this method.
@@ -64,6 +70,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NoRoute | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -91,6 +98,9 @@ impl ApiError {
             blame: Blame,
             #[serde(skip_serializing_if = "Vec::is_empty")]
             errors: Vec<Problem<'a>>,
+            /// The permission a 403 is for.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            permission: Option<&'static str>,
         }
         let errors = match &self {
             ApiError::Invalid { errors, .. } => errors
@@ -102,10 +112,15 @@ impl ApiError {
                 .collect(),
             _ => Vec::new(),
         };
+        let permission = match &self {
+            ApiError::Forbidden { permission, .. } => permission.map(|p| p.name()),
+            _ => None,
+        };
         let body = Body {
             error: self.to_string(),
             blame: self.blame(),
             errors,
+            permission,
         };
         let bytes = serde_json::to_vec(&body).map_or_else(|_| Bytes::new(), Bytes::from);
         let mut response = Response::new(Full::new(bytes));
@@ -139,6 +154,7 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Unauthorized(reason) => f.write_str(reason),
+            ApiError::Forbidden { reason, .. } => f.write_str(reason),
             ApiError::NoRoute => f.write_str("Nothing is served at this path."),
             ApiError::MethodNotAllowed { allow } => {
                 let list: Vec<&str> = allow.iter().map(Method::as_str).collect();

@@ -63,6 +63,7 @@ pub async fn metrics(api: &Api) -> Reply {
     let cluster = cluster_figures(&*shared.store).await;
     let applied = shared.applied_generation.load(Ordering::Acquire);
     crate::metrics::render_store(&mut text, applied, cluster);
+    api.sessions.render_metrics(&mut text);
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

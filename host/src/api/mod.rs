@@ -4,11 +4,15 @@
 //! A request goes through these steps, in order (`Api::respond`):
 //! 1. **route** — the path names an endpoint (`Route`), else 404; the method is one it answers,
 //!    else 405 with `Allow`;
-//! 2. **authenticate** — every endpoint but `/heartbeat` and `/health/*` wants HTTP Basic
-//!    credentials of an API user ([`auth`]), else 401;
-//! 3. **read** — query parameters and the JSON body are parsed into typed values once, here, with
+//! 2. **authenticate** — every endpoint but `/heartbeat`, `/health/*`, `/authenticate/local` and
+//!    `/logout` wants a session cookie ([`session`]) or HTTP Basic credentials of an API user
+//!    ([`auth`]), else 401;
+//! 3. **authorise** — the user's roles must grant the endpoint's permission ([`roles`], where the
+//!    table of endpoints and permissions is), else 403; a state-changing request authenticated by
+//!    the cookie alone must show it comes from a script ([`session::check_csrf`]);
+//! 4. **read** — query parameters and the JSON body are parsed into typed values once, here, with
 //!    every problem reported (413 over `api.max_payload`, 400 for malformed JSON);
-//! 4. **act** — the endpoint's handler ([`channels`], [`transactions`], [`health`]).
+//! 5. **act** — the endpoint's handler ([`channels`], [`transactions`], [`health`]).
 //!
 //! Any failure is an [`ApiError`], turned into a response in one place ([`ApiError::into_response`]).
 //!
@@ -16,6 +20,9 @@
 //! blocks: password hashing goes to the blocking pool, and store calls are async.
 //!
 //! - [`auth`]: Basic credentials, password hashes, the root user.
+//! - [`roles`]: permissions, the built-in roles, and which endpoint wants what.
+//! - [`session`]: console login sessions, `/me`, `/logout`, failed-login audit events.
+//! - [`users`]: API user documents.
 //! - [`channels`]: channel documents (create, read, partial update, delete).
 //! - [`transactions`]: listings with OpenHIM's filters and representations, one record, rerun.
 //! - [`plugins`]: WebAssembly plugins (upload a version, list, roll back, delete).
@@ -28,7 +35,10 @@ pub mod cluster;
 pub mod error;
 pub mod health;
 pub mod plugins;
+pub mod roles;
+pub mod session;
 pub mod transactions;
+pub mod users;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,6 +64,8 @@ use crate::proxy::error::Blame;
 use auth::Authenticator;
 pub use auth::ensure_root_user;
 pub use error::ApiError;
+use roles::{Permission, Principal, Via};
+use session::Sessions;
 
 /// A whole response.
 pub type Reply = Response<Full<Bytes>>;
@@ -65,6 +77,8 @@ pub struct Api {
     /// The proxy of the runtime the API runs on, for reruns.
     proxy: Arc<Proxy>,
     auth: Authenticator,
+    /// Console sessions and the failed-login counters.
+    sessions: Sessions,
     /// Held while a channel is checked and written, so that two requests cannot both take a name.
     channel_writes: tokio::sync::Mutex<()>,
 }
@@ -87,6 +101,7 @@ pub async fn serve(
     let drain = shared.config.timeouts.shutdown_drain;
     let api = Arc::new(Api {
         auth: Authenticator::new(Arc::clone(&shared.store)),
+        sessions: Sessions::new(Arc::clone(&shared.store), &shared.config.api),
         shared,
         proxy,
         channel_writes: tokio::sync::Mutex::new(()),
@@ -175,14 +190,23 @@ impl Api {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        // A browser answers `WWW-Authenticate: Basic` with its own password dialog: a console whose
+        // session ended, or whose login failed, should show its own page instead.
+        let console = request.headers().contains_key(header::COOKIE)
+            && !request.headers().contains_key(header::AUTHORIZATION)
+            || path.starts_with("/authenticate/");
         let mut user = None;
-        let response = match self.respond(request, &mut user).await {
+        let response = match self.respond(request, remote, &mut user).await {
             Ok(response) => response,
             Err(error) => {
                 if error.blame() == Blame::Host {
                     tracing::warn!(%method, %path, %error, "API request failed.");
                 }
-                error.into_response()
+                let mut response = error.into_response();
+                if console {
+                    response.headers_mut().remove(header::WWW_AUTHENTICATE);
+                }
+                response
             }
         };
         tracing::debug!(
@@ -200,6 +224,7 @@ impl Api {
     async fn respond(
         &self,
         request: Request<Incoming>,
+        remote: SocketAddr,
         user: &mut Option<String>,
     ) -> Result<Reply, ApiError> {
         let route = Route::parse(request.uri().path()).ok_or(ApiError::NoRoute)?;
@@ -207,12 +232,56 @@ impl Api {
         if !allow.contains(request.method()) {
             return Err(ApiError::MethodNotAllowed { allow });
         }
-        if !route.is_public() {
-            *user = Some(self.auth.authenticate(request.headers()).await?);
-        }
+        let access = route.access(request.method());
+        let principal = match access {
+            Access::Public => None,
+            _ => {
+                let principal = self.principal(request.headers(), remote).await?;
+                *user = Some(principal.email.clone());
+                if principal.via == Via::Session {
+                    session::check_csrf(request.method(), request.headers())?;
+                }
+                match access {
+                    Access::Public | Access::Anyone => {}
+                    Access::Needs(permission) => principal.require(permission)?,
+                    Access::SelfOr(permission) => {
+                        if let Route::User(email) = &route {
+                            principal.require_self_or(email, permission)?;
+                        }
+                    }
+                }
+                Some(principal)
+            }
+        };
+        // Routes that are not public always have a principal; this one stands in for the others.
+        let principal = principal.unwrap_or(Principal {
+            email: String::new(),
+            roles: roles::Roles::default(),
+            via: Via::Basic,
+        });
+        let bodies = principal.can(Permission::TransactionViewBodyAll);
         let (parts, body) = request.into_parts();
         let params = || query_params(parts.uri.query().unwrap_or(""));
         match (route, parts.method) {
+            (Route::Login, _) => {
+                let doc = self.read_json(&parts.headers, body).await?;
+                session::login(self, &parts.headers, doc, remote).await
+            }
+            (Route::Logout, _) => session::logout(self, &parts.headers).await,
+            (Route::Me, _) => session::me(self, &principal).await,
+            (Route::Roles, _) => Ok(json_reply(StatusCode::OK, &roles::list())),
+            (Route::Role(name), _) => Ok(json_reply(StatusCode::OK, &roles::get(&name)?)),
+            (Route::Users, Method::POST) => {
+                let doc = self.read_json(&parts.headers, body).await?;
+                users::create(self, doc).await
+            }
+            (Route::Users, _) => users::list(self).await,
+            (Route::User(email), Method::PUT) => {
+                let doc = self.read_json(&parts.headers, body).await?;
+                users::update(self, &principal, &email, doc).await
+            }
+            (Route::User(email), Method::DELETE) => users::delete(self, &email).await,
+            (Route::User(email), _) => users::get(self, &email).await,
             (Route::Heartbeat, _) => Ok(health::heartbeat(self)),
             (Route::Live, _) => Ok(health::live()),
             (Route::Ready, _) => health::ready(self).await,
@@ -237,9 +306,9 @@ impl Api {
             (Route::Plugin(name), Method::DELETE) => plugins::delete(self, &name).await,
             (Route::Plugin(name), _) => plugins::get(self, &name).await,
             (Route::Rollback(name), _) => plugins::rollback(self, &name).await,
-            (Route::Transactions, _) => transactions::list(self, &params()).await,
-            (Route::Transaction(id), _) => transactions::get(self, &id).await,
-            (Route::Rerun(id), _) => transactions::rerun(self, &id).await,
+            (Route::Transactions, _) => transactions::list(self, &params(), bodies).await,
+            (Route::Transaction(id), _) => transactions::get(self, &id, bodies).await,
+            (Route::Rerun(id), _) => transactions::rerun(self, &id, bodies).await,
         }
     }
 
@@ -322,6 +391,26 @@ enum Route {
     Transactions,
     Transaction(String),
     Rerun(String),
+    Login,
+    Logout,
+    Me,
+    Users,
+    User(String),
+    Roles,
+    Role(String),
+}
+
+/// Who may call an endpoint ([`roles`] has the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone, without credentials.
+    Public,
+    /// Any authenticated user, with or without a role.
+    Anyone,
+    /// A user whose roles grant the permission.
+    Needs(Permission),
+    /// The user the path names, or one whose roles grant the permission.
+    SelfOr(Permission),
 }
 
 impl Route {
@@ -345,6 +434,13 @@ impl Route {
             ["transactions"] => Route::Transactions,
             ["transactions", tx] => Route::Transaction(id(tx)?),
             ["transactions", tx, "rerun"] => Route::Rerun(id(tx)?),
+            ["authenticate", "local"] => Route::Login,
+            ["logout"] => Route::Logout,
+            ["me"] => Route::Me,
+            ["users"] => Route::Users,
+            ["users", email] => Route::User(id(email)?),
+            ["roles"] => Route::Roles,
+            ["roles", name] => Route::Role(id(name)?),
             _ => return None,
         })
     }
@@ -355,14 +451,38 @@ impl Route {
             Route::Channels => &[Method::GET, Method::POST],
             Route::Channel(_) => &[Method::GET, Method::PUT, Method::DELETE],
             Route::Plugin(_) => &[Method::GET, Method::POST, Method::DELETE],
-            Route::Rerun(_) | Route::Rollback(_) => &[Method::POST],
+            Route::Users => &[Method::GET, Method::POST],
+            Route::User(_) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::Rerun(_) | Route::Rollback(_) | Route::Login => &[Method::POST],
             _ => &[Method::GET],
         }
     }
 
-    /// Endpoints anyone may call: probes must work without credentials.
-    fn is_public(&self) -> bool {
-        matches!(self, Route::Heartbeat | Route::Live | Route::Ready)
+    /// Who may call the endpoint with `method` (one of [`Route::methods`]).
+    fn access(&self, method: &Method) -> Access {
+        use Permission::*;
+        let read = method == Method::GET || method == Method::HEAD;
+        let (view, manage) = match self {
+            Route::Heartbeat | Route::Live | Route::Ready | Route::Login | Route::Logout => {
+                return Access::Public;
+            }
+            Route::Me => return Access::Anyone,
+            Route::Metrics | Route::Cluster => return Access::Needs(ChannelViewAll),
+            Route::Transactions | Route::Transaction(_) => {
+                return Access::Needs(TransactionViewAll);
+            }
+            Route::Rerun(_) => return Access::Needs(TransactionRerunAll),
+            Route::Roles | Route::Role(_) => return Access::Needs(UserRoleView),
+            Route::User(_) if method == Method::DELETE => return Access::Needs(UserManage),
+            Route::User(_) if read => return Access::SelfOr(UserView),
+            Route::User(_) => return Access::SelfOr(UserManage),
+            Route::Users => (UserView, UserManage),
+            Route::Channels | Route::Channel(_) => (ChannelViewAll, ChannelManageAll),
+            Route::Plugins | Route::Plugin(_) | Route::Rollback(_) => {
+                (MediatorViewAll, MediatorManageAll)
+            }
+        };
+        Access::Needs(if read { view } else { manage })
     }
 }
 
@@ -435,6 +555,10 @@ pub(crate) mod testing {
         Fixture {
             api: Api {
                 auth: Authenticator::new(Arc::clone(&shared.store)),
+                sessions: crate::api::session::Sessions::new(
+                    Arc::clone(&shared.store),
+                    &shared.config.api,
+                ),
                 shared,
                 proxy,
                 channel_writes: tokio::sync::Mutex::new(()),
@@ -483,8 +607,63 @@ mod tests {
         ] {
             assert_eq!(Route::parse(unknown), None, "{unknown}");
         }
-        assert!(Route::Live.is_public() && !Route::Metrics.is_public());
+        // Probes must work without credentials.
+        assert_eq!(Route::Live.access(&Method::GET), Access::Public);
+        assert_ne!(Route::Metrics.access(&Method::GET), Access::Public);
         assert_eq!(Route::Rerun("x".into()).methods(), [Method::POST]);
+        assert_eq!(Route::parse("/authenticate/local"), Some(Route::Login));
+        assert_eq!(
+            Route::parse("/users/a%40b.org"),
+            Some(Route::User("a@b.org".into()))
+        );
+    }
+
+    #[test]
+    fn every_endpoint_has_its_permission() {
+        use Permission::*;
+        let cases = [
+            ("/heartbeat", Method::GET, Access::Public),
+            ("/authenticate/local", Method::POST, Access::Public),
+            ("/logout", Method::GET, Access::Public),
+            ("/me", Method::GET, Access::Anyone),
+            ("/channels", Method::GET, Access::Needs(ChannelViewAll)),
+            ("/channels", Method::POST, Access::Needs(ChannelManageAll)),
+            (
+                "/channels/x",
+                Method::DELETE,
+                Access::Needs(ChannelManageAll),
+            ),
+            (
+                "/transactions/x",
+                Method::GET,
+                Access::Needs(TransactionViewAll),
+            ),
+            (
+                "/transactions/x/rerun",
+                Method::POST,
+                Access::Needs(TransactionRerunAll),
+            ),
+            ("/plugins/p", Method::GET, Access::Needs(MediatorViewAll)),
+            ("/plugins/p", Method::POST, Access::Needs(MediatorManageAll)),
+            (
+                "/plugins/p/rollback",
+                Method::POST,
+                Access::Needs(MediatorManageAll),
+            ),
+            ("/metrics", Method::GET, Access::Needs(ChannelViewAll)),
+            ("/cluster", Method::GET, Access::Needs(ChannelViewAll)),
+            ("/users", Method::GET, Access::Needs(UserView)),
+            ("/users", Method::POST, Access::Needs(UserManage)),
+            ("/users/a@b", Method::GET, Access::SelfOr(UserView)),
+            ("/users/a@b", Method::PUT, Access::SelfOr(UserManage)),
+            ("/users/a@b", Method::DELETE, Access::Needs(UserManage)),
+            ("/roles/admin", Method::GET, Access::Needs(UserRoleView)),
+        ];
+        for (path, method, access) in cases {
+            let route = Route::parse(path).expect(path);
+            assert!(route.methods().contains(&method), "{path} {method}");
+            assert_eq!(route.access(&method), access, "{path} {method}");
+        }
     }
 
     #[test]

@@ -60,6 +60,15 @@ impl Representation {
         }
     }
 
+    /// This representation, or the nearest one without bodies when the user may not see them (no
+    /// `transaction-view-body-all`).
+    pub fn with_bodies(self, bodies: bool) -> Representation {
+        match self {
+            Representation::Full if !bodies => Representation::SimpleDetails,
+            other => other,
+        }
+    }
+
     /// `tx` as JSON, with what this representation leaves out removed.
     pub fn show(self, tx: &Transaction) -> Value {
         let mut json = serde_json::to_value(tx).unwrap_or(Value::Null);
@@ -190,12 +199,14 @@ impl Listing {
     }
 }
 
-/// `GET /transactions`: a page of records, newest first, as a bare array (OpenHIM's shape).
-pub async fn list(api: &Api, params: &[(String, String)]) -> Result<Reply, ApiError> {
+/// `GET /transactions`: a page of records, newest first, as a bare array (OpenHIM's shape). Without
+/// `bodies` (the caller's permission to see them), no representation shows a body.
+pub async fn list(api: &Api, params: &[(String, String)], bodies: bool) -> Result<Reply, ApiError> {
     let Listing {
         mut query,
         representation,
     } = Listing::parse(params)?;
+    let representation = representation.with_bodies(bodies);
     let snapshot = *query
         .snapshot
         .get_or_insert_with(|| api.shared.snapshot_bound());
@@ -208,15 +219,16 @@ pub async fn list(api: &Api, params: &[(String, String)]) -> Result<Reply, ApiEr
     Ok(reply)
 }
 
-/// `GET /transactions/:id`: the whole record.
-pub async fn get(api: &Api, id: &str) -> Result<Reply, ApiError> {
+/// `GET /transactions/:id`: the whole record (without bodies unless `bodies`).
+pub async fn get(api: &Api, id: &str, bodies: bool) -> Result<Reply, ApiError> {
     let tx = find(api, id).await?;
-    Ok(json_reply(StatusCode::OK, &Representation::Full.show(&tx)))
+    let representation = Representation::Full.with_bodies(bodies);
+    Ok(json_reply(StatusCode::OK, &representation.show(&tx)))
 }
 
 /// `POST /transactions/:id/rerun`: sends the recorded request through its channel again; the answer
 /// is the child's whole record.
-pub async fn rerun(api: &Api, id: &str) -> Result<Reply, ApiError> {
+pub async fn rerun(api: &Api, id: &str, bodies: bool) -> Result<Reply, ApiError> {
     let parent = find(api, id).await?;
     let child = api
         .proxy
@@ -231,7 +243,7 @@ pub async fn rerun(api: &Api, id: &str) -> Result<Reply, ApiError> {
     tracing::info!(parent = %parent.id, child = %child.id, "Transaction rerun through the API.");
     Ok(json_reply(
         StatusCode::CREATED,
-        &Representation::Full.show(&child),
+        &Representation::Full.with_bodies(bodies).show(&child),
     ))
 }
 
@@ -781,6 +793,21 @@ mod tests {
             plugin: None,
             plugin_log: Vec::new(),
         }
+    }
+
+    #[test]
+    fn users_without_body_permission_see_no_bodies() {
+        let tx = record();
+        let hidden = Representation::Full.with_bodies(false).show(&tx);
+        assert!(hidden["request"].get("body").is_none(), "{hidden}");
+        assert!(hidden["request"].get("headers").is_some(), "{hidden}");
+        assert_eq!(Representation::Full.with_bodies(true), Representation::Full);
+        assert_eq!(
+            Representation::Summary.with_bodies(false),
+            Representation::Summary
+        );
+        let shown = Representation::Full.with_bodies(true).show(&tx);
+        assert!(shown["request"].get("body").is_some(), "{shown}");
     }
 
     #[test]

@@ -224,6 +224,13 @@ pub struct Api {
     pub root_password: Option<String>,
     /// Largest request body the API accepts; over it, 413. Default 16 MiB.
     pub max_payload: u64,
+    /// How long a console session (`POST /authenticate/local`) lasts: the cookie's `Max-Age` and the
+    /// stored session's expiry. Default 2 h, as OpenHIM's.
+    pub session_ttl: Duration,
+    /// Whether the session cookie is marked `Secure` (sent back by browsers over HTTPS only).
+    /// Default true; set it false only when browsers reach the API over plain HTTP, else they would
+    /// never return the cookie.
+    pub session_cookie_secure: bool,
 }
 
 /// `[plugins]`: the WebAssembly plugin host. A channel's `plugin` field may override the per-plugin
@@ -555,11 +562,15 @@ fn parse_api(value: &Value, errors: &mut FieldErrors) -> Api {
         }
     });
     let max_payload = f.size("max_payload", 16 * 1024 * 1024);
+    let session_ttl = f.duration("session_ttl", Duration::from_secs(2 * 3600));
+    let session_cookie_secure = f.optional("session_cookie_secure").unwrap_or(true);
     f.finish();
     Api {
         root_email,
         root_password,
         max_payload,
+        session_ttl,
+        session_cookie_secure,
     }
 }
 
