@@ -164,13 +164,11 @@ fn issuer_of(cert: &[u8]) -> Option<Vec<u8>> {
     Some(parsed.issuer().as_raw().to_vec())
 }
 
-/// What the files said at one moment: the certificate, the client CAs, and a digest of all the
-/// files' bytes to notice a change.
+/// What the files said at one moment: the certificate and the client CAs.
 #[derive(Debug, Clone)]
 struct Material {
     key: Arc<CertifiedKey>,
     cas: Option<Arc<ClientCas>>,
-    digest: [u8; 32],
 }
 
 /// `[tls]`, checked. Set when `cert_file` is: then the proxy also listens for HTTPS on
@@ -205,24 +203,7 @@ fn read_material(
     key_file: &Path,
     client_ca_files: &[PathBuf],
 ) -> Result<Material, (&'static str, String)> {
-    let mut digest = sha2::Sha256::new();
-    for file in std::iter::once(cert_file)
-        .chain(std::iter::once(key_file))
-        .chain(client_ca_files.iter().map(PathBuf::as_path))
-    {
-        let bytes = std::fs::read(file).map_err(|e| {
-            let field = if file == cert_file {
-                "cert_file"
-            } else if file == key_file {
-                "key_file"
-            } else {
-                "client_ca_files"
-            };
-            (field, format!("{}: cannot read: {e}", file.display()))
-        })?;
-        digest.update((bytes.len() as u64).to_le_bytes());
-        digest.update(&bytes);
-    }
+    // The certificate is judged before the key, so the first error names the first file to fix.
     let loaded = CertAndKey::load(cert_file, key_file).map_err(|(which, e)| match which {
         Which::Cert => ("cert_file", e),
         Which::Key => ("key_file", e),
@@ -240,8 +221,25 @@ fn read_material(
     Ok(Material {
         key: Arc::new(key),
         cas,
-        digest: digest.finalize().into(),
     })
+}
+
+/// A digest of the files' bytes (an unreadable file counts by its error), to notice a change.
+fn files_digest(settings: &TlsSettings) -> [u8; 32] {
+    let mut digest = sha2::Sha256::new();
+    for file in [&settings.cert_file, &settings.key_file]
+        .into_iter()
+        .chain(&settings.client_ca_files)
+    {
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                digest.update((bytes.len() as u64).to_le_bytes());
+                digest.update(&bytes);
+            }
+            Err(error) => digest.update(format!("unreadable: {error}").as_bytes()),
+        }
+    }
+    digest.finalize().into()
 }
 
 /// Parses `[tls]`. `None` when it is absent or has no `cert_file` (or has errors, which go to
@@ -417,7 +415,7 @@ impl TlsServer {
                 cas: material.cas.clone(),
             }),
             api: Arc::new(api),
-            seen: Mutex::new(material.digest),
+            seen: Mutex::new(files_digest(settings)),
         })
     }
 
@@ -450,11 +448,19 @@ impl TlsServer {
     /// connections. A bad file is logged (once per change) and the current certificate kept.
     /// Returns whether a new certificate (or CA set) was taken.
     pub fn reload(&self) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        // Only the bytes are read while nothing changes; a change is judged, and a bad one
+        // reported, once.
+        let digest = files_digest(&self.settings);
+        if *seen == digest {
+            return false;
+        }
+        *seen = digest;
         let material = match self.settings.read() {
             Ok(material) => material,
             Err((field, reason)) => {
-                // An unreadable file (e.g. mid-replacement) is reported each time it is found so;
-                // the operator sees it until it is fixed.
                 tracing::warn!(
                     field = %format!("tls.{field}"),
                     %reason,
@@ -463,13 +469,6 @@ impl TlsServer {
                 return false;
             }
         };
-        let Ok(mut seen) = self.seen.lock() else {
-            return false;
-        };
-        if *seen == material.digest {
-            return false;
-        }
-        *seen = material.digest;
         let current = self.proxy.load();
         let cas_changed = match (&material.cas, &current.cas) {
             (None, None) => false,
