@@ -106,8 +106,14 @@ fn start(config: Config) -> anyhow::Result<()> {
     let workers = config.server.workers.resolve();
     let addr = SocketAddr::new(config.server.bind, config.server.http_port);
     let api = SocketAddr::new(config.server.api_bind, config.server.api_port);
-    let listeners = Listeners::bind(addr, api, workers)
+    let mut listeners = Listeners::bind(addr, api, workers)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    if config.tls.is_some() {
+        let https = SocketAddr::new(config.server.bind, config.server.https_port);
+        listeners = listeners
+            .with_https(https)
+            .map_err(|e| anyhow::anyhow!("cannot listen for HTTPS on {https}: {e}"))?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -16,6 +16,7 @@
 //! - [`cluster`]: heartbeats, so that instances sharing a store see each other (`GET /cluster`).
 //! - [`retention`]: the job that removes old bodies and records.
 //! - [`tls`]: the HTTPS listener's certificates (reloaded from files) and client certificates.
+//! - [`jwt`]: JSON Web Token verification for proxy authentication (`[auth.jwt]`).
 //!
 //! The server is [`run`]: it takes bound listeners and a shutdown future, so tests bind port 0.
 
@@ -24,6 +25,7 @@ pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod jwt;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
@@ -60,6 +62,8 @@ pub struct Shared {
     pub channels: ArcSwap<ChannelTable>,
     /// TLS settings for `secured` routes: the system's root certificates plus `upstream.ca_files`.
     pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// The HTTPS listener's and the API's TLS, when `[tls] cert_file` is set.
+    pub tls: Option<Arc<tls::TlsServer>>,
     pub store: Arc<dyn Store>,
     /// The plugin engine, uploaded plugins, and each channel's loaded plugin.
     pub plugins: Arc<Plugins>,
@@ -93,7 +97,16 @@ impl Shared {
         Ok(Shared {
             plugins,
             channels: ArcSwap::from_pointee(ChannelTable::default()),
-            upstream_tls: Arc::new(upstream_tls_config(config.upstream.ca_roots.clone())?),
+            upstream_tls: Arc::new(upstream_tls_config(
+                config.upstream.ca_roots.clone(),
+                config.upstream.client_cert.clone(),
+            )?),
+            tls: config
+                .tls
+                .as_ref()
+                .map(tls::TlsServer::new)
+                .transpose()?
+                .map(Arc::new),
             config: Arc::new(config),
             store,
             metrics: Arc::default(),
@@ -119,8 +132,11 @@ impl Shared {
 }
 
 /// A TLS client configuration trusting `roots` (from `upstream.ca_files`) and the system's root
-/// certificates (TLS 1.2 and 1.3).
-fn upstream_tls_config(mut roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
+/// certificates (TLS 1.2 and 1.3), presenting `client_cert` to upstreams that ask for one.
+fn upstream_tls_config(
+    mut roots: rustls::RootCertStore,
+    client_cert: Option<tls::CertAndKey>,
+) -> anyhow::Result<rustls::ClientConfig> {
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
         tracing::warn!(%error, "Could not load a system root certificate.");
@@ -132,8 +148,11 @@ fn upstream_tls_config(mut roots: rustls::RootCertStore) -> anyhow::Result<rustl
         "Loaded system root certificates for secured routes."
     );
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    Ok(match client_cert {
+        Some(cert) => builder.with_client_auth_cert(cert.chain, cert.key)?,
+        None => builder.with_no_client_auth(),
+    })
 }

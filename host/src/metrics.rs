@@ -80,6 +80,8 @@ type ChannelEntry = (Arc<str>, String, Arc<ChannelMetrics>);
 pub struct WorkerMetrics {
     pub requests: AtomicU64,
     pub open_connections: AtomicU64,
+    /// HTTPS connections whose TLS handshake failed or timed out (incl. refused client certificates).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Every counter of this instance.
@@ -257,6 +259,21 @@ impl Metrics {
                 "mediary_worker_open_connections",
                 &labels,
                 w.open_connections.load(Relaxed),
+            );
+        }
+        family(
+            &mut out,
+            "mediary_worker_tls_handshake_failures_total",
+            "counter",
+            "HTTPS connections whose TLS handshake failed or timed out on the worker.",
+        );
+        for (i, w) in workers.iter().enumerate() {
+            let labels = format!("worker=\"{i}\"");
+            sample(
+                &mut out,
+                "mediary_worker_tls_handshake_failures_total",
+                &labels,
+                w.tls_handshake_failures.load(Relaxed),
             );
         }
         family(

@@ -21,14 +21,17 @@ use crate::proxy::Proxy;
 use crate::proxy::conn::{self, ConnSettings};
 use crate::recorder::{self, spool::Spool};
 use crate::store::Store;
+use crate::tls::TlsServer;
 use crate::{Shared, api, cluster, reload, retention};
 
 /// The sockets Mediary serves on, bound before it starts: one proxy socket per worker, all on the
-/// same address, and the management API's.
+/// same address, and the management API's; with TLS, one HTTPS proxy socket per worker too.
 #[derive(Debug)]
 pub struct Listeners {
     pub proxy: Vec<std::net::TcpListener>,
     pub api: std::net::TcpListener,
+    /// The HTTPS proxy sockets (one per worker), or none: see [`Listeners::with_https`].
+    pub https: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -51,7 +54,32 @@ impl Listeners {
         let api = std::net::TcpListener::bind(api)
             .map_err(|e| io::Error::new(e.kind(), format!("the API address {api}: {e}")))?;
         api.set_nonblocking(true)?;
-        Ok(Listeners { proxy, api })
+        Ok(Listeners {
+            proxy,
+            api,
+            https: Vec::new(),
+        })
+    }
+
+    /// Adds one SO_REUSEPORT HTTPS socket per worker on `addr` (served when `[tls]` has a
+    /// certificate), with the same care as [`Listeners::bind`].
+    pub fn with_https(mut self, addr: SocketAddr) -> io::Result<Listeners> {
+        if addr.port() != 0 {
+            drop(std::net::TcpListener::bind(addr)?);
+        }
+        let first = reuseport_listener(addr)?;
+        let addr = first.local_addr()?;
+        let mut https = vec![first];
+        for _ in 1..self.proxy.len() {
+            https.push(reuseport_listener(addr)?);
+        }
+        self.https = https;
+        Ok(self)
+    }
+
+    /// The address the HTTPS proxy listens on, if it does.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.first().and_then(|l| l.local_addr().ok())
     }
 
     /// The address the proxy listens on.
@@ -87,6 +115,7 @@ pub async fn run(
     let addr = listeners.proxy_addr()?;
     let api_addr = listeners.api.local_addr()?;
     let workers = listeners.proxy.len();
+    let https_addr = listeners.https_addr();
     let data_dir = config.store.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -95,6 +124,18 @@ pub async fn run(
         .with_context(|| format!("creating the spool folder in {}", data_dir.display()))?;
     let recording = config.recording.clone();
     let shared = Arc::new(Shared::new(config, Arc::clone(&store), workers)?);
+    match (&shared.tls, https_addr) {
+        (None, Some(_)) => anyhow::bail!("HTTPS listeners were given but [tls] has no cert_file"),
+        (Some(_), None) => {
+            tracing::warn!(
+                "[tls] is set but no HTTPS listener was bound; the proxy serves HTTP only."
+            );
+        }
+        _ => {}
+    }
+    if listeners.https.len() > 1 && listeners.https.len() != workers {
+        anyhow::bail!("one HTTPS listener per worker is needed");
+    }
     let me = cluster::Identity::new(&shared, workers, addr, api_addr);
     cluster::claim_name(&*store, &shared.config, &me)
         .await
@@ -151,7 +192,9 @@ pub async fn run(
     };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads: Vec<(JoinHandle<()>, oneshot::Receiver<()>)> = Vec::with_capacity(workers);
+    let mut https = listeners.https.into_iter();
     for (index, listener) in listeners.proxy.into_iter().enumerate() {
+        let https = https.next();
         let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let (ready, is_ready) = oneshot::channel();
         let worker = Worker {
@@ -163,7 +206,7 @@ pub async fn run(
         };
         let thread = std::thread::Builder::new()
             .name(format!("mediary-w{index}"))
-            .spawn(move || worker.run(listener, ready))
+            .spawn(move || worker.run(listener, https, ready))
             .context("starting a worker thread")?;
         threads.push((thread, is_ready));
     }
@@ -199,9 +242,16 @@ pub async fn run(
         Arc::clone(&shared),
         stopped.clone(),
     ));
+    let tls_files = shared
+        .tls
+        .clone()
+        .map(|tls| tokio::spawn(tls.watch(stopped.clone())));
 
     shared.ready.store(true, Ordering::Release);
-    tracing::info!(%addr, api = %api_addr, workers, "Mediary is ready.");
+    match https_addr {
+        Some(https) => tracing::info!(%addr, %https, api = %api_addr, workers, "Mediary is ready."),
+        None => tracing::info!(%addr, api = %api_addr, workers, "Mediary is ready."),
+    }
 
     shutdown.await;
     shared.ready.store(false, Ordering::Release);
@@ -221,6 +271,9 @@ pub async fn run(
     follower.abort();
     retention.abort();
     plugin_files.abort();
+    if let Some(tls_files) = tls_files {
+        tls_files.abort();
+    }
     if let Some(spool) = &api_spool {
         spool.flush_now();
     }
@@ -245,7 +298,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, listener: std::net::TcpListener, ready: oneshot::Sender<()>) {
+    fn run(
+        self,
+        listener: std::net::TcpListener,
+        https: Option<std::net::TcpListener>,
+        ready: oneshot::Sender<()>,
+    ) {
         let index = self.index;
         match self.core {
             Some(core) if core_affinity::set_for_current(core) => {
@@ -270,10 +328,15 @@ impl Worker {
                 return;
             }
         };
-        runtime.block_on(self.serve(listener, ready));
+        runtime.block_on(self.serve(listener, https, ready));
     }
 
-    async fn serve(self, listener: std::net::TcpListener, ready: oneshot::Sender<()>) {
+    async fn serve(
+        self,
+        listener: std::net::TcpListener,
+        https: Option<std::net::TcpListener>,
+        ready: oneshot::Sender<()>,
+    ) {
         let Worker {
             index,
             shared,
@@ -285,6 +348,14 @@ impl Worker {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::error!(worker = index, %error, "Could not register the listener.");
+                return;
+            }
+        };
+        let https = match (https.map(TcpListener::from_std).transpose(), &shared.tls) {
+            (Ok(Some(https)), Some(tls)) => Some((https, Arc::clone(tls))),
+            (Ok(_), _) => None,
+            (Err(error), _) => {
+                tracing::error!(worker = index, %error, "Could not register the HTTPS listener.");
                 return;
             }
         };
@@ -335,9 +406,27 @@ impl Worker {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 },
+                accepted = accept_https(&https) => match accepted {
+                    Ok((stream, remote, tls)) => {
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(conn::serve_tls(
+                            stream,
+                            remote,
+                            tls,
+                            Arc::clone(&proxy),
+                            Arc::clone(&settings),
+                            stop.clone(),
+                        ));
+                    }
+                    Err(error) => {
+                        tracing::warn!(worker = index, %error, "HTTPS accept failed.");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
             }
         }
         drop(listener);
+        drop(https);
         sweeper.abort();
         connections.close();
         let open = connections.len();
@@ -372,5 +461,19 @@ impl Worker {
         if let Some(spool) = &spool {
             spool.flush_now();
         }
+    }
+}
+
+/// The next connection on the HTTPS listener, with the TLS server to handshake with; never
+/// resolves when there is no HTTPS listener.
+async fn accept_https(
+    https: &Option<(TcpListener, Arc<TlsServer>)>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr, Arc<TlsServer>)> {
+    match https {
+        Some((listener, tls)) => {
+            let (stream, remote) = listener.accept().await?;
+            Ok((stream, remote, Arc::clone(tls)))
+        }
+        None => std::future::pending().await,
     }
 }

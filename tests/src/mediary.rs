@@ -68,6 +68,8 @@ pub struct Mediary {
     addr: SocketAddr,
     /// The management API's address (`api=` of the readiness line), if it had one.
     api: Option<SocketAddr>,
+    /// The HTTPS proxy's address (`https=` of the readiness line), if it had one.
+    https: Option<SocketAddr>,
     workers: Option<usize>,
     log: Log,
     config_path: PathBuf,
@@ -119,6 +121,16 @@ impl Mediary {
     /// `http://<proxy address><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The HTTPS proxy's bound address, from the readiness line (with `[tls] cert_file` set).
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.unwrap_or_else(|| {
+            panic!(
+                "the readiness line had no https=IP:PORT; the logs:\n{}",
+                self.logs()
+            )
+        })
     }
 
     /// The management API's bound address, from the readiness line.
@@ -355,10 +367,16 @@ impl Launch {
                 .unwrap_or_else(|_| panic!("api= is not IP:PORT in the readiness line: {line}"))
         });
         let workers = field(line, "workers").and_then(|n| n.parse().ok());
+        let https = field(line, "https").map(|https| {
+            https
+                .parse()
+                .unwrap_or_else(|_| panic!("https= is not IP:PORT in the readiness line: {line}"))
+        });
         Mediary {
             child,
             addr,
             api,
+            https,
             workers,
             log,
             config_path,

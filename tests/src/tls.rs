@@ -1,7 +1,18 @@
-//! Certificates made for a test: a CA of its own and server certificates it signs.
+//! Certificates made for a test: a CA of its own and the server and client certificates it signs;
+//! and [`https_get`], a one-shot HTTPS client that reports which certificate it was served.
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::runtime;
 
 /// A certificate authority that exists only for one test.
 pub struct TestCa {
@@ -19,6 +30,29 @@ impl std::fmt::Debug for TestCa {
 pub struct ServerCert {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The same certificate and key in PEM, as an operator would put them in files.
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ServerCert {
+    /// SHA-256 of the (end-entity) certificate, as Mediary fingerprints it.
+    pub fn sha256(&self) -> [u8; 32] {
+        sha2::Sha256::digest(&self.chain[0]).into()
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` into `dir` (replacing them by rename, as certificate
+    /// tooling does) and returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        for (path, text) in [(&cert, &self.cert_pem), (&key, &self.key_pem)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).expect("write a PEM file");
+            std::fs::rename(&tmp, path).expect("move a PEM file in place");
+        }
+        (cert, key)
+    }
 }
 
 impl TestCa {
@@ -37,17 +71,143 @@ impl TestCa {
         self.issuer.pem()
     }
 
+    /// The CA certificate, DER.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        self.issuer.der()
+    }
+
+    /// SHA-256 of the CA certificate.
+    pub fn sha256(&self) -> [u8; 32] {
+        sha2::Sha256::digest(self.issuer.der()).into()
+    }
+
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn issue(&self, names: &[&str]) -> ServerCert {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let params = CertificateParams::new(names).expect("server params");
-        let key = KeyPair::generate().expect("a server key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("a server certificate");
+        self.sign(CertificateParams::new(names).expect("server params"))
+    }
+
+    /// A client certificate for `name` (its common name).
+    pub fn issue_client(&self, name: &str) -> ServerCert {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        self.sign(params)
+    }
+
+    /// A client certificate for `name` that expired long ago.
+    pub fn issue_expired_client(&self, name: &str) -> ServerCert {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = date_time_ymd(2001, 1, 1);
+        params.not_after = date_time_ymd(2002, 1, 1);
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> ServerCert {
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
         ServerCert {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
+}
+
+/// What [`https_get`] got: the status, the body, and the certificate the server presented.
+#[derive(Debug)]
+pub struct HttpsReply {
+    pub status: u16,
+    pub body: String,
+    /// SHA-256 of the server's certificate.
+    pub served_sha256: [u8; 32],
+    /// The TLS version negotiated.
+    pub version: rustls::ProtocolVersion,
+}
+
+/// The TLS versions [`https_get`] may offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    Both,
+    Tls12,
+    Tls13,
+}
+
+/// One `GET path` over a new HTTPS connection to `addr` (as `localhost`), trusting `ca`, offering
+/// `versions` and presenting `client` if given. `Err` says what failed (the handshake, usually).
+pub fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    ca: &TestCa,
+    client: Option<&ServerCert>,
+    versions: Versions,
+) -> Result<HttpsReply, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("a root");
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match versions {
+        Versions::Both => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Versions::Tls12 => &[&rustls::version::TLS12],
+        Versions::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let config = match client {
+        Some(cert) => builder
+            .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+            .expect("a usable client certificate"),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    runtime().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from("localhost").expect("a server name");
+        let mut stream = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            connector.connect(name, tcp),
+        )
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| format!("handshake: {e}"))?;
+        let (_, connection) = stream.get_ref();
+        let served_sha256: [u8; 32] = connection
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| sha2::Sha256::digest(c).into())
+            .ok_or("no server certificate")?;
+        let version = connection.protocol_version().ok_or("no TLS version")?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut raw = Vec::new();
+        // A refused TLS 1.3 client certificate shows here, as an alert instead of a response.
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok(HttpsReply {
+            status,
+            body,
+            served_sha256,
+            version,
+        })
+    })
 }

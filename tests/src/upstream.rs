@@ -184,6 +184,37 @@ impl Upstream {
         )
     }
 
+    /// Like [`Upstream::tls`], but the handshake requires a client certificate signed by
+    /// `client_ca` (PEM); a client without one is refused.
+    pub fn tls_requiring_client_cert(
+        cert: ServerCert,
+        client_ca: &crate::TestCa,
+        status: u16,
+        body: &'static str,
+    ) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(client_ca.der().clone()).expect("a client CA");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .expect("a client verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(cert.chain, cert.key)
+            .expect("a usable server certificate");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream");
+        Self::start(
+            listener,
+            Arc::new(move |_: &Seen| Answer::status(status).body(body)),
+            Some(TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
     fn serving(listener: std::net::TcpListener, handler: Handler) -> Self {
         Self::start(listener, handler, None)
     }

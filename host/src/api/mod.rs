@@ -99,6 +99,8 @@ pub async fn serve(
         }
     };
     let drain = shared.config.timeouts.shutdown_drain;
+    // With a certificate configured the API speaks HTTPS only (unless `tls.api = false`).
+    let tls = shared.tls.clone().filter(|tls| tls.serves_api());
     let api = Arc::new(Api {
         auth: Authenticator::new(Arc::clone(&shared.store)),
         sessions: Sessions::new(Arc::clone(&shared.store), &shared.config.api),
@@ -124,7 +126,25 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, remote, Arc::clone(&api), shutdown.clone()));
+                    match &tls {
+                        Some(tls) => {
+                            connections.spawn(tls_connection(
+                                tls.api_acceptor(),
+                                stream,
+                                remote,
+                                Arc::clone(&api),
+                                shutdown.clone(),
+                            ));
+                        }
+                        None => {
+                            connections.spawn(connection(
+                                stream,
+                                remote,
+                                Arc::clone(&api),
+                                shutdown.clone(),
+                            ));
+                        }
+                    }
                 }
                 Err(error) => {
                     // Out of file descriptors or similar: back off instead of spinning.
@@ -147,13 +167,32 @@ pub async fn serve(
     }
 }
 
-/// Serves one API connection until the client leaves, the connection times out, or shutdown.
-async fn connection(
+/// Serves one HTTPS API connection: the handshake (bounded by `client_header_read`), then as
+/// [`connection`].
+async fn tls_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     remote: SocketAddr,
     api: Arc<Api>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let timeout = api.shared.config.timeouts.client_header_read;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => connection(stream, remote, api, shutdown).await,
+        Ok(Err(error)) => tracing::debug!(%remote, %error, "API TLS handshake failed."),
+        Err(_) => tracing::debug!(%remote, "API TLS handshake not finished in time."),
+    }
+}
+
+/// Serves one API connection until the client leaves, the connection times out, or shutdown.
+async fn connection<S>(
+    stream: S,
+    remote: SocketAddr,
+    api: Arc<Api>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let config = &api.shared.config;
     let mut builder = http1::Builder::new();
     // hyper's head timer also runs while a keep-alive connection waits for its next request, so it

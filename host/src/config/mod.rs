@@ -34,6 +34,12 @@ pub struct Config {
     pub retention: Retention,
     pub api: Api,
     pub plugins: Plugins,
+    /// `[tls]`: the HTTPS listener's and the API's certificate, and mutual TLS; `None` without a
+    /// `cert_file` (see [`crate::tls::TlsSettings`]).
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// `[auth.jwt]`: how JWTs are verified; `None` without an `algorithm` (see
+    /// [`crate::jwt::JwtSettings`]).
+    pub jwt: Option<crate::jwt::JwtSettings>,
     /// The config file's folder: relative paths in channels (`plugin.file`) are found from here.
     pub base_dir: PathBuf,
     /// The channels loaded at start (upserted into the store by name).
@@ -51,6 +57,9 @@ pub struct Server {
     pub http_port: u16,
     /// Port of the management API. Default 8080, as OpenHIM.
     pub api_port: u16,
+    /// Port of the HTTPS proxy, served when `[tls] cert_file` is set. Default 5000, as OpenHIM. 0
+    /// picks a free port (for tests).
+    pub https_port: u16,
     /// How many worker threads serve the proxy. Default `auto`: one per core.
     pub workers: Workers,
     /// Address the management API listens on. Default `127.0.0.1`: the API speaks plain HTTP until
@@ -144,6 +153,9 @@ pub struct Upstream {
     /// system's root certificates (for upstreams with certificates from an internal CA). Relative
     /// paths are relative to the config file's folder. Default none. Read and checked once, here.
     pub ca_roots: rustls::RootCertStore,
+    /// `client_cert_file` and `client_key_file` (PEM, both or neither): the certificate `secured`
+    /// routes present to upstreams that ask for one (mutual TLS). Default none.
+    pub client_cert: Option<crate::tls::CertAndKey>,
 }
 
 /// `[log]`: what Mediary logs.
@@ -359,6 +371,9 @@ impl Config {
         let api = root.raw("api").unwrap_or(&empty);
         let plugins = root.raw("plugins").unwrap_or(&empty);
         let channels = root.raw("channels");
+        let tls = root.raw("tls");
+        // Only `auth.jwt` is read here; the rest of `[auth]` belongs to proxy authentication.
+        let auth_jwt = root.raw("auth").and_then(|auth| auth.get("jwt"));
         root.finish();
 
         let server = parse_server(server, &mut errors);
@@ -377,6 +392,8 @@ impl Config {
             _ => Vec::new(),
         };
         let channels = parse_channels(channels, &mut errors);
+        let tls = crate::tls::parse_settings(tls, base, &mut errors);
+        let jwt = crate::jwt::parse_settings(auth_jwt, base, &mut errors);
 
         if errors.is_empty() {
             Ok(Config {
@@ -391,6 +408,8 @@ impl Config {
                 retention,
                 api,
                 plugins,
+                tls,
+                jwt,
                 base_dir: base.to_owned(),
                 channels,
                 channel_documents,
@@ -411,6 +430,7 @@ fn parse_server(value: &Value, errors: &mut FieldErrors) -> Server {
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let http_port = f.optional("http_port").unwrap_or(5001);
     let api_port = f.optional("api_port").unwrap_or(8080);
+    let https_port = f.optional("https_port").unwrap_or(5000);
     let workers = f
         .parsed("workers", |v: Value| match v {
             Value::String(s) => s.parse(),
@@ -441,6 +461,7 @@ fn parse_server(value: &Value, errors: &mut FieldErrors) -> Server {
         bind,
         http_port,
         api_port,
+        https_port,
         workers,
         api_bind,
         instance,
@@ -670,11 +691,38 @@ fn parse_upstream(value: &Value, base: &Path, errors: &mut FieldErrors) -> Upstr
             f.error("ca_files", format!("{}: {reason}", file.display()));
         }
     }
+    let client_cert_file = f.optional::<PathBuf>("client_cert_file");
+    let client_key_file = f.optional::<PathBuf>("client_key_file");
+    let client_cert = match (client_cert_file, client_key_file) {
+        (Some(cert), Some(key)) => {
+            match crate::tls::CertAndKey::load(&base.join(cert), &base.join(key)) {
+                Ok(loaded) => Some(loaded),
+                Err((crate::tls::Which::Cert, reason)) => {
+                    f.error("client_cert_file", reason);
+                    None
+                }
+                Err((crate::tls::Which::Key, reason)) => {
+                    f.error("client_key_file", reason);
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            f.error("client_key_file", "is required with client_cert_file");
+            None
+        }
+        (None, Some(_)) => {
+            f.error("client_cert_file", "is required with client_key_file");
+            None
+        }
+    };
     f.finish();
     Upstream {
         max_idle_per_host,
         pool_idle_timeout,
         ca_roots,
+        client_cert,
     }
 }
 

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use super::Proxy;
+use crate::tls::{PeerIdentity, TlsServer};
 
 /// The per-connection limits, copied from the config once per worker.
 #[derive(Debug, Clone)]
@@ -164,15 +165,15 @@ impl Expiry {
 
 /// A socket that reports what it reads to the connection's [`ConnState`] and closes the connection
 /// when it stays idle, or a head stays incomplete, for too long.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     state: Arc<ConnState>,
     settings: Arc<ConnSettings>,
     /// Armed at or before the current deadline; allocated on the first wait.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl Watched {
+impl<S> Watched<S> {
     /// Called when a read would block: fails the read once the connection's deadline has passed,
     /// otherwise makes sure the timer will wake the task by then.
     ///
@@ -212,7 +213,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -233,7 +234,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -269,8 +270,57 @@ pub async fn serve(
     remote: SocketAddr,
     proxy: Arc<Proxy>,
     settings: Arc<ConnSettings>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    serve_io(stream, remote, proxy, settings, shutdown, None).await;
+}
+
+/// Serves one HTTPS client connection: the TLS handshake (bounded by `client_header_read`), then
+/// the same as [`serve`], with the client certificate's [`PeerIdentity`], if any, attached to
+/// every request of the connection as an `Arc<PeerIdentity>` extension.
+pub async fn serve_tls(
+    stream: TcpStream,
+    remote: SocketAddr,
+    tls: Arc<TlsServer>,
+    proxy: Arc<Proxy>,
+    settings: Arc<ConnSettings>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tls.proxy_acceptor();
+    let stream =
+        match tokio::time::timeout(settings.header_read, acceptor.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                proxy
+                    .metrics()
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, %error, "TLS handshake failed.");
+                return;
+            }
+            Err(_) => {
+                proxy
+                    .metrics()
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, "TLS handshake not finished in time.");
+                return;
+            }
+        };
+    let peer = acceptor.identity(stream.get_ref().1).map(Arc::new);
+    serve_io(stream, remote, proxy, settings, shutdown, peer).await;
+}
+
+async fn serve_io<S>(
+    stream: S,
+    remote: SocketAddr,
+    proxy: Arc<Proxy>,
+    settings: Arc<ConnSettings>,
+    mut shutdown: watch::Receiver<bool>,
+    peer: Option<Arc<PeerIdentity>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState::new(settings.max_head));
     let open = OpenConnection::new(Arc::clone(proxy.metrics()));
     let mut builder = http1::Builder::new();
@@ -288,9 +338,12 @@ pub async fn serve(
         settings,
         timer: None,
     });
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let proxy = Arc::clone(&proxy);
         let state = Arc::clone(&state);
+        if let Some(peer) = &peer {
+            request.extensions_mut().insert(Arc::clone(peer));
+        }
         async move { proxy.handle(request, remote, &state).await }
     });
     let connection = builder.serve_connection(io, service);

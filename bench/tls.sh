@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# bench/tls.sh — HTTPS and client authentication, side by side.
+#
+# (a) HTTPS with keep-alive: wrk over TLS against
+#       nginx-tls    nginx terminating TLS and proxying to the upstream nginx
+#       mediary-tls  Mediary's HTTPS listener ([tls] cert_file), same upstream
+#     with the same certificate and key (a P-256 certificate made with openssl
+#     for this run), both proxying over plain HTTP to the same upstream nginx.
+#     Target: Mediary >= 1.0x nginx (MIN_TLS_RATIO).
+# (b) Client authentication over HTTP: a private channel allowing the role
+#     "bench", called with Basic credentials of a client created through
+#     `POST /clients`, vs a public channel, both on one Mediary.
+#     Target: basic >= 0.90x public (MIN_AUTH_RATIO). Skipped, with a note, when
+#     this Mediary has no `/clients` API.
+# Prints a Markdown report (also written to bench/results/tls-<date>.md) and
+# one PASS/FAIL line per target. See bench/README.md for the conventions.
+#
+# Environment:
+#   DURATION       wrk duration of each measured run        (default 10s)
+#   WARMUP         wrk duration of the warm-up before each  (default 2s, 0 = none)
+#   ROUNDS         repeat N times, report medians           (default 1)
+#   CONNS          connection counts                        (default "64")
+#   SIZES          response body sizes                      (default "1k")
+#   PARTS          which parts to run: "a", "b" or "a b"    (default "a b")
+#   MIN_TLS_RATIO  part (a) target, mediary/nginx           (default 1.0)
+#   MIN_AUTH_RATIO part (b) target, basic/public            (default 0.90)
+#   MEDIARY_BIN    use this mediary binary, skip `cargo build`
+#   NGINX_BIN      nginx binary                 (default: from PATH or /usr/sbin/nginx)
+#   WRK_THREADS    wrk threads (capped at the conn count)   (default 1)
+#   PROXY_CPU      CPU for the proxy                        (default 0)
+#   LOAD_CPU       CPU for wrk and the upstream             (default 1)
+#   PIN            1 = pin with taskset, 0 = don't (default 1; 0 if < 2 CPUs)
+#   RESULTS_DIR    where the Markdown report goes           (default bench/results)
+#   KEEP_TMP       1 = keep the temp dir (configs, logs, raw wrk output)
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BENCH_NAME=tls.sh
+# shellcheck source=bench/lib.sh
+. "$SCRIPT_DIR/lib.sh"
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-1}
+CONNS=${CONNS:-"64"}
+SIZES=${SIZES:-"1k"}
+PARTS=${PARTS:-"a b"}
+MIN_TLS_RATIO=${MIN_TLS_RATIO:-1.0}
+MIN_AUTH_RATIO=${MIN_AUTH_RATIO:-0.90}
+MEDIARY_BIN=${MEDIARY_BIN:-}
+NGINX_BIN=${NGINX_BIN:-}
+WRK_THREADS=${WRK_THREADS:-1}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PIN=${PIN:-1}
+RESULTS_DIR=${RESULTS_DIR:-$SCRIPT_DIR/results}
+KEEP_TMP=${KEEP_TMP:-0}
+METHOD=GET
+
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "bad ROUNDS '$ROUNDS'"
+for s in $SIZES; do size_bytes "$s" >/dev/null; done
+for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad connection count '$c'"; done
+for p in $PARTS; do [[ $p == a || $p == b ]] || die "unknown part '$p' (a or b)"; done
+[[ $(secs "$DURATION") =~ ^[0-9]+$ ]] || die "bad DURATION '$DURATION' (use e.g. 10s)"
+
+ensure_nginx_wrk
+command -v curl >/dev/null || die "curl is needed (response checks, POST /clients)"
+command -v openssl >/dev/null || die "openssl is needed (the benchmark's certificate)"
+check_pinning
+if [[ -z $MEDIARY_BIN ]]; then build_mediary; fi
+[[ -x $MEDIARY_BIN ]] || die "mediary binary not found or not executable: $MEDIARY_BIN"
+
+make_tmp mediary-bench-tls
+# shellcheck disable=SC2086 # one file per size
+make_bodies $SIZES
+
+# The certificate both TLS proxies serve: P-256 (what a modern deployment uses; the handshake
+# is not measured, keep-alive connections are).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$TMP/server.key" -out "$TMP/server.pem" 2>/dev/null ||
+  die "openssl could not make the certificate"
+
+# ------------------------------------------------------------------- load
+
+declare -A RUNS_RPS RUNS_P50 RUNS_P99 ERRS FAILS URL_OF HEADER_OF
+NOTES=()
+FAILED=0
+fail_point() { FAILS[$1]=1; }
+
+# wrk_h CONNS DURATION URL OUT [HEADER] — wrk_run with an optional request header.
+wrk_h() {
+  local c=$1 d=$2 url=$3 out=$4 header=${5:-} t=$WRK_THREADS guard pid rc=0
+  if ((t > c)); then t=$c; fi
+  guard=$(($(secs "$d") + 30))
+  local cmd=(timeout -k 5 "$guard" wrk -t "$t" -c "$c" -d "$d" --latency -s "$LUA")
+  if [[ -n $header ]]; then cmd+=(-H "$header"); fi
+  cmd+=("$url")
+  if pinning; then cmd=(taskset -c "$LOAD_CPU" "${cmd[@]}"); fi
+  "${cmd[@]}" >"$out" 2>&1 &
+  pid=$!
+  track_pid "$pid"
+  wait "$pid" || rc=$?
+  untrack_pid "$pid"
+  return "$rc"
+}
+
+# check_url TARGET SIZE — one request through TARGET: status 200 and the body's length.
+check_url() {
+  local target=$1 s=$2 got hdr=()
+  [[ -n ${HEADER_OF[$target]:-} ]] && hdr=(-H "${HEADER_OF[$target]}")
+  got=$(curl -sk -o /dev/null --max-time 5 "${hdr[@]}" -w '%{http_code} %{size_download}' \
+    "${URL_OF[$target]}/$s" || true)
+  [[ $got == "200 $(size_bytes "$s")" ]] && return 0
+  log "check failed for $target ${URL_OF[$target]}/$s: got '$got'"
+  return 1
+}
+
+run_point() {
+  local target=$1 s=$2 c=$3 round=$4 key="$1|$2|$3" url out line kv
+  [[ -n ${FAILS[$key]:-} ]] && return 0
+  url="${URL_OF[$target]}/$s"
+  if [[ $WARMUP != 0 ]]; then
+    wrk_h "$c" "$WARMUP" "$url" "$TMP/wrk-$target-$s-$c-r$round-warmup.txt" "${HEADER_OF[$target]:-}" || true
+  fi
+  out="$TMP/wrk-$target-$s-$c-r$round.txt"
+  log "$target $s c=$c: wrk -d $DURATION"
+  if ! wrk_h "$c" "$DURATION" "$url" "$out" "${HEADER_OF[$target]:-}"; then
+    log "wrk failed for $key:"; tail -n 20 "$out" >&2 || true
+    fail_point "$key"; return 0
+  fi
+  line=$(grep '^BENCH ' "$out" | tail -n 1 || true)
+  if [[ -z $line ]]; then
+    log "no BENCH line for $key:"; tail -n 20 "$out" >&2 || true
+    fail_point "$key"; return 0
+  fi
+  local rps=0 p50_us=0 p99_us=0 err_connect=0 err_read=0 err_write=0 err_status=0 err_timeout=0
+  for kv in ${line#BENCH }; do
+    case ${kv%%=*} in
+      rps | p50_us | p99_us | err_connect | err_read | err_write | err_status | err_timeout)
+        printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+    esac
+  done
+  RUNS_RPS[$key]+="$rps "
+  RUNS_P50[$key]+="$p50_us "
+  RUNS_P99[$key]+="$p99_us "
+  local errs=$((err_connect + err_read + err_write + err_status + err_timeout))
+  ERRS[$key]=$((${ERRS[$key]:-0} + errs))
+  if ((errs > 0)); then
+    NOTES+=("$target $s c=$c: errors connect=$err_connect read=$err_read write=$err_write status=$err_status timeout=$err_timeout")
+  fi
+  log "$target $s c=$c: $(printf '%.0f' "$rps") req/s, p50 ${p50_us}us, p99 ${p99_us}us, errors $errs"
+}
+
+# sweep TARGET... — rounds x sizes x conns, the targets back to back at each point.
+sweep() {
+  local round s c t order
+  for ((round = 1; round <= ROUNDS; round++)); do
+    if ((round % 2)); then order=("$@"); else order=(); for t in "$@"; do order=("$t" "${order[@]}"); done; fi
+    for s in $SIZES; do for c in $CONNS; do for t in "${order[@]}"; do
+      run_point "$t" "$s" "$c" "$round"
+    done; done; done
+  done
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+START=$(date '+%Y-%m-%d %H:%M:%S %Z')
+TARGETS=()
+AUTH_SKIPPED=""
+
+log "== proxies on CPU $PROXY_CPU; upstream and wrk on CPU $LOAD_CPU"
+start_upstream "$LOAD_CPU"
+
+if part a; then
+  # nginx terminating TLS: the proxy template with an ssl listener.
+  free_port NGINX_PORT
+  sed -e "s|listen 127.0.0.1:@PORT@ backlog=4096;|listen 127.0.0.1:@PORT@ ssl backlog=4096;\n        ssl_certificate @CERT@;\n        ssl_certificate_key @KEY@;\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:1m;|" \
+    "$TEMPLATES/proxy.nginx.conf" >"$TMP/tls.nginx.conf"
+  if start_nginx nginx-tls "$PROXY_CPU" "$TMP/tls.nginx.conf" "$NGINX_PORT" \
+    UPSTREAM_PORT="$UPSTREAM_PORT" CERT="$TMP/server.pem" KEY="$TMP/server.key"; then
+    NGINX_PID=$LAST_PID
+    URL_OF[nginx-tls]="https://127.0.0.1:$NGINX_PORT"
+    TARGETS+=(nginx-tls)
+  else
+    for s in $SIZES; do for c in $CONNS; do fail_point "nginx-tls|$s|$c"; done; done
+  fi
+  free_port MEDIARY_PORT
+  free_port HTTPS_PORT
+  if start_mediary mediary-tls "$MEDIARY_PORT" false "" "https_port = $HTTPS_PORT" \
+    "[tls]
+cert_file = \"$TMP/server.pem\"
+key_file = \"$TMP/server.key\""; then
+    MEDIARY_TLS_PID=$LAST_PID
+    URL_OF[mediary-tls]="https://127.0.0.1:$HTTPS_PORT"
+    TARGETS+=(mediary-tls)
+  else
+    for s in $SIZES; do for c in $CONNS; do fail_point "mediary-tls|$s|$c"; done; done
+  fi
+  for t in nginx-tls mediary-tls; do
+    [[ -n ${URL_OF[$t]:-} ]] || continue
+    for s in $SIZES; do check_url "$t" "$s" || for c in $CONNS; do fail_point "$t|$s|$c"; done; done
+  done
+  sweep nginx-tls mediary-tls
+  [[ -n ${NGINX_PID:-} ]] && stop_pid "$NGINX_PID"
+  if [[ -n ${MEDIARY_TLS_PID:-} ]]; then
+    stop_pid "$MEDIARY_TLS_PID"
+    problem=$(log_problems mediary-tls "$TMP/mediary-tls/mediary.log")
+    if [[ -n $problem ]]; then NOTES+=("$problem"); fi
+  fi
+fi
+
+if part b; then
+  # One Mediary, two channels: /public/... (public) and /private/... (private, allow ["bench"]).
+  free_port MEDIARY_PORT
+  BENCH_PASSWORD=bench-password-$RANDOM$RANDOM
+  ROOT_PASSWORD=bench-root-password
+  channels="[[channels]]
+name = \"public\"
+urlPattern = \"^/public/\"
+methods = [\"GET\"]
+authType = \"public\"
+[[channels.routes]]
+name = \"upstream\"
+host = \"127.0.0.1\"
+port = $UPSTREAM_PORT
+primary = true
+pathTransform = \"s/^\\\\/public//\"
+
+[[channels]]
+name = \"private\"
+urlPattern = \"^/private/\"
+methods = [\"GET\"]
+authType = \"private\"
+allow = [\"bench\"]
+[[channels.routes]]
+name = \"upstream\"
+host = \"127.0.0.1\"
+port = $UPSTREAM_PORT
+primary = true
+pathTransform = \"s/^\\\\/private//\""
+  export MEDIARY_ROOT_PASSWORD=$ROOT_PASSWORD
+  if start_mediary mediary-auth "$MEDIARY_PORT" false "" "" "$channels"; then
+    AUTH_PID=$LAST_PID
+    api="http://127.0.0.1:$LAST_API_PORT"
+    code=$(curl -s -o "$TMP/clients.json" -w '%{http_code}' --max-time 10 \
+      -u "root@openhim.org:$ROOT_PASSWORD" -H 'Content-Type: application/json' \
+      -d "{\"clientID\":\"bench\",\"name\":\"Bench\",\"roles\":[\"bench\"],\"password\":\"$BENCH_PASSWORD\"}" \
+      "$api/clients" || true)
+    if [[ $code == 201 || $code == 200 ]]; then
+      URL_OF[public]="http://127.0.0.1:$MEDIARY_PORT/public"
+      URL_OF[basic]="http://127.0.0.1:$MEDIARY_PORT/private"
+      HEADER_OF[basic]="Authorization: Basic $(printf '%s' "bench:$BENCH_PASSWORD" | base64 -w0)"
+      TARGETS+=(public basic)
+      for t in public basic; do
+        for s in $SIZES; do check_url "$t" "$s" || for c in $CONNS; do fail_point "$t|$s|$c"; done; done
+      done
+      sweep public basic
+    else
+      AUTH_SKIPPED="this Mediary has no POST /clients (answered $code): part (b) skipped"
+      log "$AUTH_SKIPPED"
+    fi
+    stop_pid "$AUTH_PID"
+  else
+    AUTH_SKIPPED="Mediary did not start with the private channel (authType/allow not supported?): part (b) skipped"
+    log "$AUTH_SKIPPED"
+  fi
+fi
+stop_upstream
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ------------------------------------------------------------------ report
+
+declare -A RPS P50 P99
+for t in nginx-tls mediary-tls public basic; do
+  for s in $SIZES; do for c in $CONNS; do
+    key="$t|$s|$c"
+    if [[ -n ${FAILS[$key]:-} || -z ${RUNS_RPS[$key]:-} ]]; then
+      RPS[$key]=fail
+    else
+      RPS[$key]=$(median "${RUNS_RPS[$key]}")
+      P50[$key]=$(median "${RUNS_P50[$key]}")
+      P99[$key]=$(median "${RUNS_P99[$key]}")
+    fi
+  done; done
+done
+
+VERDICTS=()
+# verdict NAME A B MIN — PASS when A/B >= MIN.
+verdict() {
+  local name=$1 a=$2 b=$3 min=$4 r
+  r=$(ratio "$a" "$b")
+  if [[ $r == n/a ]]; then
+    VERDICTS+=("FAIL $name: no measurement"); FAILED=1
+  elif awk -v r="$r" -v m="$min" 'BEGIN { exit !(r >= m) }'; then
+    VERDICTS+=("PASS $name: $r (target >= $min)")
+  else
+    VERDICTS+=("FAIL $name: $r (target >= $min)"); FAILED=1
+  fi
+}
+for s in $SIZES; do for c in $CONNS; do
+  if part a; then verdict "HTTPS mediary/nginx $s c=$c" "${RPS[mediary-tls|$s|$c]}" "${RPS[nginx-tls|$s|$c]}" "$MIN_TLS_RATIO"; fi
+  if part b && [[ -z $AUTH_SKIPPED ]]; then verdict "basic/public $s c=$c" "${RPS[basic|$s|$c]}" "${RPS[public|$s|$c]}" "$MIN_AUTH_RATIO"; fi
+done; done
+
+report() {
+  echo "# TLS and client-authentication benchmark"
+  echo
+  echo "- started: $START; $ROUNDS round(s) of wrk -d $DURATION per point, each after $(if [[ $WARMUP == 0 ]]; then echo "no warm-up"; else echo "a $WARMUP warm-up"; fi); wrk threads: $WRK_THREADS; keep-alive"
+  echo "- host: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')); load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
+  if pinning; then echo "- pinning: proxy on CPU $PROXY_CPU; wrk and the upstream nginx on CPU $LOAD_CPU"; else echo "- pinning: none"; fi
+  echo "- nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'); certificate: P-256, self-signed, the same files for both"
+  echo "- mediary: \`$MEDIARY_BIN\`, 1 worker, recording off; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty tree)')"
+  echo
+  echo "| target | body | conns | req/s | p50 | p99 | errors |"
+  echo "|---|---|--:|--:|--:|--:|--:|"
+  local t s c key
+  for s in $SIZES; do for c in $CONNS; do for t in nginx-tls mediary-tls public basic; do
+    key="$t|$s|$c"
+    [[ -z ${RUNS_RPS[$key]:-} && -z ${FAILS[$key]:-} ]] && continue
+    echo "| $t | $s | $c | $(fmt_rps "${RPS[$key]}") | $(fmt_ms "${P50[$key]:-}") | $(fmt_ms "${P99[$key]:-}") | ${ERRS[$key]:-–} |"
+  done; done; done
+  echo
+  for v in "${VERDICTS[@]}"; do echo "- $v"; done
+  if [[ -n $AUTH_SKIPPED ]]; then echo "- SKIP basic/public: $AUTH_SKIPPED"; fi
+  if ((${#NOTES[@]} > 0)); then
+    echo
+    echo "Notes:"
+    echo
+    local n
+    for n in "${NOTES[@]}"; do echo "- $n"; done
+  fi
+}
+
+mkdir -p "$RESULTS_DIR"
+OUT_FILE=$RESULTS_DIR/tls-$(date '+%Y-%m-%d-%H%M%S').md
+report >"$OUT_FILE"
+echo
+cat "$OUT_FILE"
+echo
+for v in "${VERDICTS[@]}"; do echo "$v"; done
+log "report written to $OUT_FILE"
+if ((FAILED)); then exit 1; fi
