@@ -10,6 +10,7 @@
 //! - [`recorder`]: each worker's write-ahead spool, and the writer that drains it into the store.
 //! - [`store`]: the `Store` trait (documents, transactions, state) and its embedded redb backend.
 //! - [`api`]: the management API (channels, transactions, rerun, health, metrics, users).
+//! - [`password`]: argon2id hashing and checking off the runtime, shared by API users and clients.
 //! - [`plugin`]: channel logic as WebAssembly components: the engine, sandbox, imports, registry.
 //! - [`metrics`]: per-channel and per-worker counters, rendered for Prometheus.
 //! - [`reload`]: the live channel table, rebuilt from the store whenever channels change.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod metrics;
+pub mod password;
 pub mod plugin;
 pub mod proxy;
 pub mod recorder;
