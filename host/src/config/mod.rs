@@ -4,6 +4,7 @@
 //! wrong type in one field does not hide an unknown key in another. Each field's meaning and default is
 //! documented here, on the struct that holds it, and repeated in `config/default.toml`.
 
+pub mod auth;
 pub mod fields;
 
 use std::fmt;
@@ -34,6 +35,8 @@ pub struct Config {
     pub retention: Retention,
     pub api: Api,
     pub plugins: Plugins,
+    /// `[auth]`: client authentication on the proxy (see [`auth::Auth`]).
+    pub auth: auth::Auth,
     /// The config file's folder: relative paths in channels (`plugin.file`) are found from here.
     pub base_dir: PathBuf,
     /// The channels loaded at start (upserted into the store by name).
@@ -351,6 +354,7 @@ impl Config {
         let retention = root.raw("retention").unwrap_or(&empty);
         let api = root.raw("api").unwrap_or(&empty);
         let plugins = root.raw("plugins").unwrap_or(&empty);
+        let auth = root.raw("auth").unwrap_or(&empty);
         let channels = root.raw("channels");
         root.finish();
 
@@ -365,6 +369,7 @@ impl Config {
         let retention = parse_retention(retention, &mut errors);
         let api = parse_api(api, &mut errors);
         let plugins = parse_plugins(plugins, &store.data_dir, base, &mut errors);
+        let auth = auth::parse_auth(auth, &mut errors);
         let channel_documents = match channels {
             Some(Value::Array(items)) => items.clone(),
             _ => Vec::new(),
@@ -384,6 +389,7 @@ impl Config {
                 retention,
                 api,
                 plugins,
+                auth,
                 base_dir: base.to_owned(),
                 channels,
                 channel_documents,
