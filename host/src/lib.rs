@@ -4,6 +4,8 @@
 //! - [`cli`]: the `mediary` command line (`run`, `check-config`); `main` only calls it.
 //! - [`config`]: the configuration file, parsed into checked types with every error reported at once.
 //! - [`channel`]: OpenHIM's channel model: matching by pattern, method and priority; routes.
+//! - [`client`]: OpenHIM's client model (who calls channels), its stored secrets, and the in-memory
+//!   directory the proxy finds clients in.
 //! - [`workers`]: N pinned worker threads, each with its own runtime and SO_REUSEPORT listener.
 //! - [`proxy`]: the data path from client to upstream and back, and the one error → response mapping.
 //! - [`transaction`]: the transaction record (OpenHIM's model), its status rules and encodings.
@@ -13,7 +15,8 @@
 //! - [`password`]: argon2id hashing and checking off the runtime, shared by API users and clients.
 //! - [`plugin`]: channel logic as WebAssembly components: the engine, sandbox, imports, registry.
 //! - [`metrics`]: per-channel and per-worker counters, rendered for Prometheus.
-//! - [`reload`]: the live channel table, rebuilt from the store whenever channels change.
+//! - [`reload`]: the live channel table and client directory, rebuilt from the store whenever
+//!   they change.
 //! - [`cluster`]: heartbeats, so that instances sharing a store see each other (`GET /cluster`).
 //! - [`retention`]: the job that removes old bodies and records.
 //! - [`tls`]: the HTTPS listener's certificates (reloaded from files) and client certificates.
@@ -23,6 +26,7 @@
 pub mod api;
 pub mod channel;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod metrics;
@@ -60,6 +64,11 @@ pub use workers::{Listeners, run};
 pub struct Shared {
     pub config: Arc<Config>,
     pub channels: ArcSwap<ChannelTable>,
+    /// The clients, by clientID, token hash and certificate fingerprint: rebuilt with the channel
+    /// table, so the proxy never reads the store to authenticate.
+    pub clients: ArcSwap<client::ClientDirectory>,
+    /// Client authentication on the proxy: password checks, remembered successes, backoff.
+    pub client_auth: proxy::auth::ClientAuth,
     /// TLS settings for `secured` routes: the system's root certificates plus `upstream.ca_files`.
     pub upstream_tls: Arc<rustls::ClientConfig>,
     pub store: Arc<dyn Store>,
@@ -92,13 +101,21 @@ impl Shared {
             config.base_dir.clone(),
             workers + 1,
         ));
+        let metrics: Arc<Metrics> = Arc::default();
+        let client_auth = proxy::auth::ClientAuth::new(
+            config.auth.clone(),
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+        );
         Ok(Shared {
             plugins,
             channels: ArcSwap::from_pointee(ChannelTable::default()),
+            clients: ArcSwap::from_pointee(client::ClientDirectory::default()),
+            client_auth,
             upstream_tls: Arc::new(upstream_tls_config(config.upstream.ca_roots.clone())?),
             config: Arc::new(config),
             store,
-            metrics: Arc::default(),
+            metrics,
             started: Instant::now(),
             recorded_until: AtomicU64::new(0),
             ready: AtomicBool::new(false),

@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod channels;
+pub mod clients;
 pub mod cluster;
 pub mod error;
 pub mod health;
@@ -229,6 +230,22 @@ impl Api {
             }
             (Route::Channel(key), Method::DELETE) => channels::delete(self, &key).await,
             (Route::Channel(key), _) => channels::get(self, &key).await,
+            (Route::Clients, Method::POST) => {
+                let doc = self.read_json(&parts.headers, body).await?;
+                clients::create(self, doc).await
+            }
+            (Route::Clients, _) => clients::list(self).await,
+            (Route::Client(key), method) => {
+                let by = clients::Key::from_params(&params())?;
+                match method {
+                    Method::PUT => {
+                        let doc = self.read_json(&parts.headers, body).await?;
+                        clients::update(self, &key, by, doc).await
+                    }
+                    Method::DELETE => clients::delete(self, &key, by).await,
+                    _ => clients::get(self, &key, by).await,
+                }
+            }
             (Route::Plugins, _) => plugins::list(self).await,
             (Route::Plugin(name), Method::POST) => {
                 let by = user.clone().unwrap_or_default();
@@ -316,6 +333,8 @@ enum Route {
     Cluster,
     Channels,
     Channel(String),
+    Clients,
+    Client(String),
     Plugins,
     Plugin(String),
     Rollback(String),
@@ -339,6 +358,8 @@ impl Route {
             ["cluster"] => Route::Cluster,
             ["channels"] => Route::Channels,
             ["channels", key] => Route::Channel(id(key)?),
+            ["clients"] => Route::Clients,
+            ["clients", key] => Route::Client(id(key)?),
             ["plugins"] => Route::Plugins,
             ["plugins", name] => Route::Plugin(id(name)?),
             ["plugins", name, "rollback"] => Route::Rollback(id(name)?),
@@ -352,8 +373,8 @@ impl Route {
     /// The methods the endpoint answers.
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Channels => &[Method::GET, Method::POST],
-            Route::Channel(_) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::Channels | Route::Clients => &[Method::GET, Method::POST],
+            Route::Channel(_) | Route::Client(_) => &[Method::GET, Method::PUT, Method::DELETE],
             Route::Plugin(_) => &[Method::GET, Method::POST, Method::DELETE],
             Route::Rerun(_) | Route::Rollback(_) => &[Method::POST],
             _ => &[Method::GET],
