@@ -23,13 +23,16 @@
 //!
 //! **Backoff.** After `auth.backoff_after` failures within `auth.backoff_window` from one clientID,
 //! or from one address (an IPv6 address counts as its /64, which one host usually owns whole),
-//! further attempts with credentials are answered **429** with `Retry-After`, unchecked, for
+//! further attempts with credentials on a private channel are answered **429** with `Retry-After`,
+//! unchecked, for
 //! `auth.backoff_initial`, doubling with each further failure up to `auth.backoff_max`. 429 rather
 //! than 401: a 401 tells a legitimate client its credentials are wrong, which they may not be; 429
 //! says what is happening and when to come back, and costs no argon2. It reveals nothing about
 //! whether a clientID exists, since unknown ones back off alike. A check remembered as successful
 //! is honoured even while backing off, so that an attacker hammering a clientID cannot lock out its
-//! owner's open connections.
+//! owner's open connections. A public channel serves anyone, so there credentials are checked
+//! only to identify the client: their failures feed no backoff (they may be meant for the
+//! upstream), and while backing off they are not checked at all.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -183,8 +186,9 @@ impl ClientAuth {
         peer: Option<&PeerIdentity>,
         ip: IpAddr,
     ) -> Result<Identity, Refusal> {
+        let lenient = channel.auth_type == AuthType::Public;
         let identity = self
-            .authenticate(clients, &channel.name, headers, peer, ip)
+            .identify(clients, &channel.name, headers, peer, ip, lenient)
             .await?;
         let client = match &identity {
             Identity::Client(client, _) => Some(client.as_ref()),
@@ -206,7 +210,7 @@ impl ClientAuth {
         Ok(identity)
     }
 
-    /// Who the request comes from. `Err` only when backing off.
+    /// Who the request comes from, for a private channel. `Err` only when backing off.
     pub async fn authenticate(
         &self,
         clients: &ClientDirectory,
@@ -215,13 +219,30 @@ impl ClientAuth {
         peer: Option<&PeerIdentity>,
         ip: IpAddr,
     ) -> Result<Identity, Refusal> {
+        self.identify(clients, channel, headers, peer, ip, false)
+            .await
+    }
+
+    /// Who the request comes from. `lenient` for a public channel, which serves the request
+    /// whoever sent it: credentials there may well be meant for the upstream (a route with
+    /// `forwardAuthHeader`), so failing them neither feeds backoff nor, while backing off, gets a
+    /// 429; they are just not checked then.
+    async fn identify(
+        &self,
+        clients: &ClientDirectory,
+        channel: &str,
+        headers: &HeaderMap,
+        peer: Option<&PeerIdentity>,
+        ip: IpAddr,
+        lenient: bool,
+    ) -> Result<Identity, Refusal> {
         if let Some((scheme, value)) = authorization(headers) {
             let found = if scheme.eq_ignore_ascii_case("bearer") && self.config.jwt {
                 self.bearer(clients, channel, value, ip)
             } else if scheme.eq_ignore_ascii_case("custom") && self.config.custom_token {
-                self.custom_token(clients, channel, value, ip)?
+                self.custom_token(clients, channel, value, ip, lenient)?
             } else if scheme.eq_ignore_ascii_case("basic") && self.config.basic {
-                self.basic(clients, channel, value, ip).await?
+                self.basic(clients, channel, value, ip, lenient).await?
             } else {
                 None
             };
@@ -290,6 +311,7 @@ impl ClientAuth {
         channel: &str,
         token: &str,
         ip: IpAddr,
+        lenient: bool,
     ) -> Result<Option<Identity>, Refusal> {
         let hash = token_hash(token.trim());
         if let Some(client) = clients.by_token_hash(&hash) {
@@ -300,7 +322,9 @@ impl ClientAuth {
         }
         // Checked after the lookup: a valid token costs nothing to check, so backing off would
         // only lock its owner out.
-        self.refuse_if_backing_off(None, ip, Mechanism::CustomToken, channel)?;
+        if self.backing_off(None, ip, Mechanism::CustomToken, channel, lenient)? {
+            return Ok(None);
+        }
         self.failed(Audit {
             mechanism: Mechanism::CustomToken.name(),
             client_id: None,
@@ -308,7 +332,9 @@ impl ClientAuth {
             channel,
             reason: "unknown-token",
         });
-        self.backoff.failed(None, ip);
+        if !lenient {
+            self.backoff.failed(None, ip);
+        }
         Ok(None)
     }
 
@@ -318,6 +344,7 @@ impl ClientAuth {
         channel: &str,
         encoded: &str,
         ip: IpAddr,
+        lenient: bool,
     ) -> Result<Option<Identity>, Refusal> {
         let Some((client_id, password)) = decode_basic(encoded) else {
             self.failed(Audit {
@@ -343,7 +370,9 @@ impl ClientAuth {
                 _ => self.remembered.remove(&key),
             }
         }
-        self.refuse_if_backing_off(Some(&client_id), ip, Mechanism::Basic, channel)?;
+        if self.backing_off(Some(&client_id), ip, Mechanism::Basic, channel, lenient)? {
+            return Ok(None);
+        }
         let stored = client.and_then(|c| c.password.clone());
         let verified = match &stored {
             Some(stored) => {
@@ -392,21 +421,26 @@ impl ClientAuth {
                         "unknown-client"
                     },
                 });
-                self.backoff.failed(Some(&client_id), ip);
+                if !lenient {
+                    self.backoff.failed(Some(&client_id), ip);
+                }
                 Ok(None)
             }
         }
     }
 
-    fn refuse_if_backing_off(
+    /// Whether `client_id` or `ip` is backing off: `Err` (429) on a private channel; `Ok(true)`
+    /// on a public one, where the attempt is then not checked (and the request goes on anonymous).
+    fn backing_off(
         &self,
         client_id: Option<&str>,
         ip: IpAddr,
         mechanism: Mechanism,
         channel: &str,
-    ) -> Result<(), Refusal> {
+        lenient: bool,
+    ) -> Result<bool, Refusal> {
         let Some(wait) = self.backoff.blocked(client_id, ip) else {
-            return Ok(());
+            return Ok(false);
         };
         self.metrics()
             .backoff
@@ -422,7 +456,11 @@ impl ClientAuth {
             retry_after_ms = wait.as_millis() as u64,
             "Authentication refused unchecked after repeated failures."
         );
-        Err(Refusal::Backoff(wait))
+        if lenient {
+            Ok(true)
+        } else {
+            Err(Refusal::Backoff(wait))
+        }
     }
 
     fn failed(&self, audit: Audit<'_>) {
@@ -839,6 +877,28 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(stale, Identity::Anonymous));
+    }
+
+    #[tokio::test]
+    async fn public_channels_do_not_back_off() {
+        let (auth, _store) = auth(Auth {
+            backoff_after: 1,
+            ..Auth::default()
+        });
+        let dir = ClientDirectory::new([client("a", &["r"], Some("pw"))]);
+        let open = channel(json!({"authType": "public"}));
+        let here = ip("10.0.0.1");
+        for _ in 0..3 {
+            let served = auth
+                .admit(&dir, &open, &basic_headers("a:upstream-secret"), None, here)
+                .await;
+            assert!(matches!(served, Ok(Identity::Anonymous)), "{served:?}");
+        }
+        let private = channel(json!({"authType": "private", "allow": ["r"]}));
+        let ok = auth
+            .admit(&dir, &private, &basic_headers("a:pw"), None, here)
+            .await;
+        assert!(matches!(ok, Ok(Identity::Client(..))), "{ok:?}");
     }
 
     #[tokio::test]
