@@ -96,7 +96,11 @@ pub async fn serve(
     // other failed login does.
     tokio::spawn({
         let api = Arc::clone(&api);
-        async move { api.auth.prepare().await }
+        async move {
+            api.auth.prepare().await;
+            // The proxy's client checks likewise (the API's runtime is as good as any for it).
+            api.shared.client_auth.prepare().await;
+        }
     });
     let connections = TaskTracker::new();
     while !*shutdown.borrow_and_update() {
