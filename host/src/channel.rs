@@ -5,7 +5,7 @@
 //! into the types below; matching and routing then trust them.
 
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,72 @@ const METHODS: [&str; 9] = [
 pub enum AuthType {
     /// Anyone, authenticated or not.
     Public,
-    /// Only authenticated clients that the channel allows. Until client authentication exists, nobody.
+    /// Only authenticated clients that the channel allows (`allow`).
     Private,
+}
+
+/// An entry of a channel's `whitelist`: one address or a CIDR range, IPv4 or IPv6. Parsed once when
+/// the channel is loaded; an IPv4-mapped IPv6 client address is compared as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    pub fn parse(text: &str) -> Result<IpRange, String> {
+        let text = text.trim();
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .parse()
+            .map_err(|_| format!("`{text}` is not an IP address or CIDR range"))?;
+        let network = crate::proxy::headers::canonical_ip(network);
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix =
+            match prefix {
+                None => max,
+                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                    format!("`{text}` has a prefix length that is not 0 to {max}")
+                })?,
+            };
+        Ok(IpRange { network, prefix })
+    }
+
+    /// Whether `ip` (already canonical: IPv4-mapped shown as IPv4) is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` are equal.
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let (whole, rest) = (bits / 8, bits % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    a[whole] & mask == b[whole] & mask
 }
 
 /// A channel's URL pattern: a regular expression tested against the request path only (no query
@@ -394,6 +458,10 @@ pub struct Channel {
     /// Largest request body accepted on this channel; `None` = the global limit.
     pub max_body_size: Option<u64>,
     pub auth_type: AuthType,
+    /// Roles or clientIDs allowed on a private channel (`allow`).
+    pub allow: Vec<String>,
+    /// Addresses the channel accepts requests from (`whitelist`); empty = any.
+    pub whitelist: Vec<IpRange>,
     pub routes: Vec<Route>,
     /// Store request bodies in transactions (OpenHIM's `requestBody`). Default true.
     pub request_body: bool,
@@ -480,6 +548,19 @@ impl Channel {
                 other => Err(format!("`{other}` is not \"public\" or \"private\"")),
             })
             .unwrap_or(AuthType::Private);
+        let allow = f
+            .parsed("allow", |items: Vec<String>| {
+                if items.iter().any(|a| a.trim().is_empty()) {
+                    return Err("an entry is empty; list roles or clientIDs".to_owned());
+                }
+                Ok(items)
+            })
+            .unwrap_or_default();
+        let whitelist = f
+            .parsed("whitelist", |items: Vec<String>| {
+                items.iter().map(|i| IpRange::parse(i)).collect()
+            })
+            .unwrap_or_default();
         let request_body = f.optional::<bool>("requestBody").unwrap_or(true);
         let response_body = f.optional::<bool>("responseBody").unwrap_or(true);
         let max_body_age_days = f.parsed("maxBodyAgeDays", |d: u64| {
@@ -573,6 +654,8 @@ impl Channel {
             timeout,
             max_body_size,
             auth_type,
+            allow,
+            whitelist,
             request_body,
             response_body,
             max_body_age_days,
@@ -742,6 +825,45 @@ mod tests {
                 "{field} missing from {errors:#?}"
             );
         }
+    }
+
+    #[test]
+    fn whitelist_entries_are_addresses_and_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let r = IpRange::parse("10.1.0.0/16").unwrap();
+        assert!(r.contains(ip("10.1.200.3")) && !r.contains(ip("10.2.0.1")));
+        assert!(!r.contains(ip("::1")));
+        let one = IpRange::parse("192.168.1.7").unwrap();
+        assert!(one.contains(ip("192.168.1.7")) && !one.contains(ip("192.168.1.8")));
+        let v6 = IpRange::parse("2001:db8::/33").unwrap();
+        assert!(v6.contains(ip("2001:db8:7fff::1")) && !v6.contains(ip("2001:db8:8000::1")));
+        assert!(IpRange::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(
+            IpRange::parse("::ffff:10.0.0.1")
+                .unwrap()
+                .contains(ip("10.0.0.1"))
+        );
+        assert!(
+            IpRange::parse("10.0.0.0/20")
+                .unwrap()
+                .contains(ip("10.0.15.255"))
+        );
+        for bad in ["10.0.0.0/33", "nope", "::/129", "10.0.0.0/x"] {
+            assert!(IpRange::parse(bad).is_err(), "{bad}");
+        }
+        let bad = json!({"name": "c", "urlPattern": "^/", "methods": ["GET"],
+            "whitelist": ["10.0.0.0/8", "bogus"], "allow": [""], "routes": [route(json!({}))]});
+        let errors = channel(bad).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("channels[0].whitelist:") && e.contains("bogus")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("channels[0].allow:")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -402,6 +402,13 @@ fn map_error(kind: &ErrorKind, algorithm: JwtAlgorithm) -> JwtError {
     }
 }
 
+/// The proxy's `Authorization: Bearer` step (`[auth.jwt]`).
+impl crate::proxy::auth::BearerVerifier for JwtVerifier {
+    fn verify(&self, token: &str) -> Result<String, String> {
+        JwtVerifier::verify(self, token).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,15 +4,19 @@
 //! - [`cli`]: the `mediary` command line (`run`, `check-config`); `main` only calls it.
 //! - [`config`]: the configuration file, parsed into checked types with every error reported at once.
 //! - [`channel`]: OpenHIM's channel model: matching by pattern, method and priority; routes.
+//! - [`client`]: OpenHIM's client model (who calls channels), its stored secrets, and the in-memory
+//!   directory the proxy finds clients in.
 //! - [`workers`]: N pinned worker threads, each with its own runtime and SO_REUSEPORT listener.
 //! - [`proxy`]: the data path from client to upstream and back, and the one error → response mapping.
 //! - [`transaction`]: the transaction record (OpenHIM's model), its status rules and encodings.
 //! - [`recorder`]: each worker's write-ahead spool, and the writer that drains it into the store.
 //! - [`store`]: the `Store` trait (documents, transactions, state) and its embedded redb backend.
 //! - [`api`]: the management API (channels, transactions, rerun, health, metrics, users).
+//! - [`password`]: argon2id hashing and checking off the runtime, shared by API users and clients.
 //! - [`plugin`]: channel logic as WebAssembly components: the engine, sandbox, imports, registry.
 //! - [`metrics`]: per-channel and per-worker counters, rendered for Prometheus.
-//! - [`reload`]: the live channel table, rebuilt from the store whenever channels change.
+//! - [`reload`]: the live channel table and client directory, rebuilt from the store whenever
+//!   they change.
 //! - [`cluster`]: heartbeats, so that instances sharing a store see each other (`GET /cluster`).
 //! - [`retention`]: the job that removes old bodies and records.
 //! - [`tls`]: the HTTPS listener's certificates (reloaded from files) and client certificates.
@@ -23,10 +27,12 @@
 pub mod api;
 pub mod channel;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod jwt;
 pub mod metrics;
+pub mod password;
 pub mod plugin;
 pub mod proxy;
 pub mod recorder;
@@ -60,6 +66,11 @@ pub use workers::{Listeners, run};
 pub struct Shared {
     pub config: Arc<Config>,
     pub channels: ArcSwap<ChannelTable>,
+    /// The clients, by clientID, token hash and certificate fingerprint: rebuilt with the channel
+    /// table, so the proxy never reads the store to authenticate.
+    pub clients: ArcSwap<client::ClientDirectory>,
+    /// Client authentication on the proxy: password checks, remembered successes, backoff.
+    pub client_auth: proxy::auth::ClientAuth,
     /// TLS settings for `secured` routes: the system's root certificates plus `upstream.ca_files`.
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// The HTTPS listener's and the API's TLS, when `[tls] cert_file` is set.
@@ -94,9 +105,20 @@ impl Shared {
             config.base_dir.clone(),
             workers + 1,
         ));
+        let metrics: Arc<Metrics> = Arc::default();
+        let client_auth = proxy::auth::ClientAuth::new(
+            config.auth.clone(),
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+        );
+        if let Some(jwt) = &config.jwt {
+            client_auth.set_bearer_verifier(Arc::new(jwt::JwtVerifier::new(jwt)));
+        }
         Ok(Shared {
             plugins,
             channels: ArcSwap::from_pointee(ChannelTable::default()),
+            clients: ArcSwap::from_pointee(client::ClientDirectory::default()),
+            client_auth,
             upstream_tls: Arc::new(upstream_tls_config(
                 config.upstream.ca_roots.clone(),
                 config.upstream.client_cert.clone(),
@@ -109,7 +131,7 @@ impl Shared {
                 .map(Arc::new),
             config: Arc::new(config),
             store,
-            metrics: Arc::default(),
+            metrics,
             started: Instant::now(),
             recorded_until: AtomicU64::new(0),
             ready: AtomicBool::new(false),

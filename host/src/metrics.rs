@@ -93,6 +93,70 @@ pub struct Metrics {
     /// Records written to the store, and failed store writes (retried).
     pub records_stored: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Client authentication on the proxy (see [`AuthMetrics`]).
+    pub auth: AuthMetrics,
+}
+
+/// Client authentication failures and refusals. Failures are rare next to requests (except under
+/// attack, when a lock costs less than the argon2 they come with), so a locked map is enough.
+#[derive(Debug, Default)]
+pub struct AuthMetrics {
+    /// Failures by (mechanism, reason).
+    failures: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    /// Attempts refused unchecked because their clientID or address was backing off.
+    pub backoff: AtomicU64,
+}
+
+impl AuthMetrics {
+    /// Counts a failure of `mechanism` (`basic`, `custom-token`, `jwt`, `mutual-tls`, or `none` for
+    /// a refusal by the channel) for `reason`.
+    pub fn failure(&self, mechanism: &'static str, reason: &'static str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        *failures.entry((mechanism, reason)).or_default() += 1;
+    }
+
+    /// The count for (`mechanism`, `reason`).
+    pub fn failures(&self, mechanism: &str, reason: &str) -> u64 {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .iter()
+            .filter(|((m, r), _)| *m == mechanism && *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn render(&self, out: &mut String) {
+        family(
+            out,
+            "mediary_auth_failures_total",
+            "counter",
+            "Proxy requests whose client authentication failed or that a channel refused, by mechanism and reason.",
+        );
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for ((mechanism, reason), n) in failures {
+            sample(
+                out,
+                "mediary_auth_failures_total",
+                &format!("mechanism=\"{mechanism}\",reason=\"{reason}\""),
+                n,
+            );
+        }
+        family(
+            out,
+            "mediary_auth_backoff_total",
+            "counter",
+            "Authentication attempts refused (429) without being checked, their clientID or address backing off after repeated failures.",
+        );
+        let _ = writeln!(
+            out,
+            "mediary_auth_backoff_total {}",
+            self.backoff.load(Relaxed)
+        );
+    }
 }
 
 impl Metrics {
@@ -298,6 +362,7 @@ impl Metrics {
             "mediary_store_errors_total {}",
             self.store_errors.load(Relaxed)
         );
+        self.auth.render(&mut out);
         out
     }
 }

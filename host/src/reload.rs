@@ -1,4 +1,4 @@
-//! Keeping the live channel table in step with the store.
+//! Keeping the live channel table (and the client directory) in step with the store.
 //!
 //! At start, the channels of the config file are upserted into the store by name (a new one under
 //! an id derived from its name, so instances starting together save it once), so a file-based
@@ -112,6 +112,10 @@ pub async fn load(shared: &Shared) -> anyhow::Result<usize> {
         }
         channel.bound_plugin = Some(bound);
     }
+    // Clients change more rarely than they are read on every request: rebuilding them with the
+    // channels, on any configuration change, keeps one rule for when the proxy's view is current.
+    let clients = crate::client::ClientDirectory::load(&*shared.store).await?;
+    shared.clients.store(Arc::new(clients));
     let ids: Vec<&str> = channels.iter().map(|c| &*c.id).collect();
     shared.plugins.retain_channels(&ids);
     let count = channels.len();

@@ -1,28 +1,25 @@
 //! Who may use the management API: API users (documents in [`Collection::Users`], keyed by lowercased
 //! email) proving themselves with HTTP Basic, as OpenHIM's mediator libraries do on every call.
 //!
-//! Passwords are stored as argon2id PHC strings (the crate's default parameters). Hashing is slow on
-//! purpose, so it runs on tokio's blocking pool, a few at a time (each takes ~19 MiB), never on the
-//! runtime the API shares with other tasks. An unknown user costs the same as a wrong password: the
-//! password is checked against a dummy hash instead. A successful check is remembered for a minute,
-//! keyed by SHA-256 of `email\0password`, so that a script making many calls pays argon2 once; after
-//! any document write the user's stored hash is read again (cheap) before a remembered check counts.
+//! Passwords are stored as argon2id PHC strings, checked with [`crate::password`] (shared with proxy
+//! clients): on tokio's blocking pool, a few at a time, never on the runtime the API shares with
+//! other tasks. An unknown user costs the same as a wrong password: the password is checked against
+//! a dummy hash instead. A successful check is remembered for a minute, keyed by SHA-256 of
+//! `email\0password`, so that a script making many calls pays argon2 once; after any document write
+//! the user's stored hash is read again (cheap) before a remembered check counts.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::{OsRng, RngCore as _};
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use base64::Engine as _;
 use http::HeaderMap;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
-use tokio::sync::{OnceCell, Semaphore, watch};
+use tokio::sync::watch;
 
 use super::error::ApiError;
 use crate::Shared;
+use crate::password::{CheckError, PasswordChecker, RememberedChecks, credentials_key};
+pub use crate::password::{hash_password, random_password};
 use crate::store::{Collection, Store};
 
 /// The environment variable that sets the root user's first password.
@@ -33,13 +30,6 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Most remembered checks; past it the expired ones go, then all of them.
 const CACHE_CAPACITY: usize = 1024;
-
-/// Most argon2 computations at once. Each holds ~19 MiB; unbounded, a flood of bad credentials would
-/// exhaust memory before the CPU.
-const CONCURRENT_HASHES: usize = 4;
-
-/// Length of a generated root password (alphanumeric: ~143 bits).
-const GENERATED_PASSWORD_LEN: usize = 24;
 
 const UNAUTHENTICATED: &str =
     "Authentication required: send the email and password of an API user with HTTP Basic.";
@@ -98,11 +88,7 @@ impl Credentials {
     }
 
     fn cache_key(&self) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(self.email.as_bytes());
-        hasher.update([0]);
-        hasher.update(self.password.as_bytes());
-        hasher.finalize().into()
+        credentials_key(&self.email, &self.password)
     }
 }
 
@@ -114,7 +100,7 @@ const BASE64_LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPu
 );
 
 /// A remembered successful check.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Remembered {
     email: String,
     /// The stored hash the password was checked against: if the user's document changes, this tells
@@ -122,7 +108,6 @@ struct Remembered {
     password_hash: String,
     /// The configuration generation at which the hash was last read.
     generation: u64,
-    until: Instant,
 }
 
 /// Checks API credentials; one per API server.
@@ -130,10 +115,9 @@ struct Remembered {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     generation: watch::Receiver<u64>,
-    remembered: Mutex<HashMap<[u8; 32], Remembered>>,
-    /// Checked against when the user does not exist, so that costs the same as a wrong password.
-    dummy: OnceCell<String>,
-    hashing: Arc<Semaphore>,
+    remembered: RememberedChecks<Remembered>,
+    /// Hashes on the blocking pool; checks unknown users against a dummy hash.
+    checker: PasswordChecker,
 }
 
 impl Authenticator {
@@ -141,17 +125,14 @@ impl Authenticator {
         Authenticator {
             generation: store.subscribe(),
             store,
-            remembered: Mutex::new(HashMap::new()),
-            dummy: OnceCell::new(),
-            hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
+            remembered: RememberedChecks::new(CACHE_CAPACITY),
+            checker: PasswordChecker::default(),
         }
     }
 
     /// Computes the dummy hash ahead of the first failed login.
     pub async fn prepare(&self) {
-        if let Err(error) = self.dummy_hash().await {
-            tracing::warn!(%error, "Could not prepare the password checker.");
-        }
+        self.checker.prepare().await;
     }
 
     /// The email of the user the request authenticates as.
@@ -171,24 +152,28 @@ impl Authenticator {
         }
         let stored = self.password_hash(&credentials.email).await?;
         let Some(stored) = stored else {
-            let dummy = self.dummy_hash().await?;
-            self.verify(credentials.password, dummy).await?;
+            self.checker
+                .verify_dummy(credentials.password)
+                .await
+                .map_err(internal)?;
             return Err(ApiError::Unauthorized(REJECTED));
         };
         if !self
+            .checker
             .verify(credentials.password.clone(), stored.clone())
-            .await?
+            .await
+            .map_err(internal)?
         {
             return Err(ApiError::Unauthorized(REJECTED));
         }
-        self.remember(
+        self.remembered.insert(
             key,
             Remembered {
                 email: credentials.email.clone(),
                 password_hash: stored,
                 generation,
-                until: Instant::now() + CACHE_TTL,
             },
+            Instant::now() + CACHE_TTL,
         );
         Ok(credentials.email)
     }
@@ -196,49 +181,21 @@ impl Authenticator {
     /// A remembered check that still holds: not expired, and the user's stored hash unchanged if
     /// documents were written since.
     async fn recall(&self, key: &[u8; 32], generation: u64) -> Result<Option<String>, ApiError> {
-        let (email, hash) = {
-            let mut remembered = self.lock();
-            let Some(entry) = remembered.get(key) else {
-                return Ok(None);
-            };
-            if entry.until <= Instant::now() {
-                remembered.remove(key);
-                return Ok(None);
-            }
-            if entry.generation == generation {
-                return Ok(Some(entry.email.clone()));
-            }
-            (entry.email.clone(), entry.password_hash.clone())
+        let Some(entry) = self.remembered.get(key) else {
+            return Ok(None);
         };
-        let current = self.password_hash(&email).await?;
-        let mut remembered = self.lock();
-        if current.as_deref() == Some(hash.as_str()) {
-            if let Some(entry) = remembered.get_mut(key) {
-                entry.generation = entry.generation.max(generation);
-            }
-            Ok(Some(email))
+        if entry.generation == generation {
+            return Ok(Some(entry.email));
+        }
+        let current = self.password_hash(&entry.email).await?;
+        if current.as_deref() == Some(entry.password_hash.as_str()) {
+            self.remembered
+                .update(key, |e| e.generation = e.generation.max(generation));
+            Ok(Some(entry.email))
         } else {
-            remembered.remove(key);
+            self.remembered.remove(key);
             Ok(None)
         }
-    }
-
-    fn remember(&self, key: [u8; 32], entry: Remembered) {
-        let mut remembered = self.lock();
-        if remembered.len() >= CACHE_CAPACITY {
-            let now = Instant::now();
-            remembered.retain(|_, e| e.until > now);
-            if remembered.len() >= CACHE_CAPACITY {
-                remembered.clear();
-            }
-        }
-        remembered.insert(key, entry);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Remembered>> {
-        self.remembered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The stored password hash of user `email`; `None` if there is no such user or it has no
@@ -251,80 +208,11 @@ impl Authenticator {
             .and_then(Value::as_str)
             .map(str::to_owned))
     }
-
-    async fn dummy_hash(&self) -> Result<String, ApiError> {
-        self.dummy
-            .get_or_try_init(|| async {
-                let password = random_password();
-                let _permit = self.permit().await?;
-                blocking(move || hash_password(&password)).await
-            })
-            .await
-            .cloned()
-    }
-
-    /// Whether `password` matches the PHC string `hash`, computed on the blocking pool.
-    async fn verify(&self, password: String, hash: String) -> Result<bool, ApiError> {
-        let _permit = self.permit().await?;
-        blocking(move || {
-            let parsed = match PasswordHash::new(&hash) {
-                Ok(parsed) => parsed,
-                Err(error) => {
-                    tracing::warn!(%error, "A stored password hash cannot be read; rejecting.");
-                    return Ok(false);
-                }
-            };
-            Ok(Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok())
-        })
-        .await
-    }
-
-    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.hashing)
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::Internal("The password checker has stopped.".into()))
-    }
 }
 
-/// Runs `work` on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| ApiError::Internal(format!("A password check failed: {error}.")))?
-}
-
-/// An argon2id PHC string for `password`, with a fresh salt and the crate's default parameters.
-pub fn hash_password(password: &str) -> Result<String, ApiError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|error| ApiError::Internal(format!("Hashing a password failed: {error}.")))
-}
-
-/// A random alphanumeric password from the operating system's generator.
-pub fn random_password() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    // The largest multiple of the alphabet's size that fits a byte: rejecting bytes at or above it
-    // keeps every character equally likely.
-    let zone = (256 / ALPHABET.len() * ALPHABET.len()) as u8;
-    let mut out = String::with_capacity(GENERATED_PASSWORD_LEN);
-    let mut buf = [0u8; 64];
-    while out.len() < GENERATED_PASSWORD_LEN {
-        OsRng.fill_bytes(&mut buf);
-        for &b in buf.iter().filter(|&&b| b < zone) {
-            if out.len() == GENERATED_PASSWORD_LEN {
-                break;
-            }
-            out.push(char::from(ALPHABET[usize::from(b) % ALPHABET.len()]));
-        }
-    }
-    out
+/// A password check that could not be made is the host's failure.
+fn internal(error: CheckError) -> ApiError {
+    ApiError::Internal(error.to_string())
 }
 
 /// Creates the root user (`api.root_email`, group `admin`) unless a user with that email exists. Its
@@ -449,31 +337,6 @@ mod tests {
         assert!(!format!("{a:?}").contains("bc"));
     }
 
-    #[test]
-    fn random_passwords_are_long_and_alphanumeric() {
-        let p = random_password();
-        assert_eq!(p.len(), GENERATED_PASSWORD_LEN);
-        assert!(p.chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(p, random_password());
-    }
-
-    #[test]
-    fn hashes_are_argon2id_and_verify() {
-        let hash = hash_password("secret").unwrap();
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
-        let parsed = PasswordHash::new(&hash).unwrap();
-        assert!(
-            Argon2::default()
-                .verify_password(b"secret", &parsed)
-                .is_ok()
-        );
-        assert!(
-            Argon2::default()
-                .verify_password(b"wrong", &parsed)
-                .is_err()
-        );
-    }
-
     async fn root_api(password: &str) -> crate::api::testing::Fixture {
         let f = crate::api::testing::api(&format!(
             "[api]\nroot_email = \"Root@Example.org\"\nroot_password = \"{password}\"\n"
@@ -546,7 +409,7 @@ mod tests {
             expected_root_password("first-password")
         )));
         auth.authenticate(&old).await.unwrap();
-        assert_eq!(auth.lock().len(), 1);
+        assert_eq!(auth.remembered.len(), 1);
 
         // Another document changes: the remembered check still holds.
         store
@@ -554,7 +417,7 @@ mod tests {
             .await
             .unwrap();
         auth.authenticate(&old).await.unwrap();
-        assert_eq!(auth.lock().len(), 1);
+        assert_eq!(auth.remembered.len(), 1);
 
         let mut user = store
             .get(Collection::Users, "root@example.org")
@@ -567,7 +430,7 @@ mod tests {
             .await
             .unwrap();
         assert!(auth.authenticate(&old).await.is_err());
-        assert!(auth.lock().is_empty());
+        assert!(auth.remembered.is_empty());
         let new = headers(&basic("root@example.org:second-password"));
         assert_eq!(auth.authenticate(&new).await.unwrap(), "root@example.org");
     }

@@ -31,6 +31,7 @@
 
 pub mod auth;
 pub mod channels;
+pub mod clients;
 pub mod cluster;
 pub mod error;
 pub mod health;
@@ -112,7 +113,11 @@ pub async fn serve(
     // other failed login does.
     tokio::spawn({
         let api = Arc::clone(&api);
-        async move { api.auth.prepare().await }
+        async move {
+            api.auth.prepare().await;
+            // The proxy's client checks likewise (the API's runtime is as good as any for it).
+            api.shared.client_auth.prepare().await;
+        }
     });
     let connections = TaskTracker::new();
     while !*shutdown.borrow_and_update() {
@@ -337,6 +342,22 @@ impl Api {
             }
             (Route::Channel(key), Method::DELETE) => channels::delete(self, &key).await,
             (Route::Channel(key), _) => channels::get(self, &key).await,
+            (Route::Clients, Method::POST) => {
+                let doc = self.read_json(&parts.headers, body).await?;
+                clients::create(self, doc).await
+            }
+            (Route::Clients, _) => clients::list(self).await,
+            (Route::Client(key), method) => {
+                let by = clients::Key::from_params(&params())?;
+                match method {
+                    Method::PUT => {
+                        let doc = self.read_json(&parts.headers, body).await?;
+                        clients::update(self, &key, by, doc).await
+                    }
+                    Method::DELETE => clients::delete(self, &key, by).await,
+                    _ => clients::get(self, &key, by).await,
+                }
+            }
             (Route::Plugins, _) => plugins::list(self).await,
             (Route::Plugin(name), Method::POST) => {
                 let by = user.clone().unwrap_or_default();
@@ -424,6 +445,8 @@ enum Route {
     Cluster,
     Channels,
     Channel(String),
+    Clients,
+    Client(String),
     Plugins,
     Plugin(String),
     Rollback(String),
@@ -467,6 +490,8 @@ impl Route {
             ["cluster"] => Route::Cluster,
             ["channels"] => Route::Channels,
             ["channels", key] => Route::Channel(id(key)?),
+            ["clients"] => Route::Clients,
+            ["clients", key] => Route::Client(id(key)?),
             ["plugins"] => Route::Plugins,
             ["plugins", name] => Route::Plugin(id(name)?),
             ["plugins", name, "rollback"] => Route::Rollback(id(name)?),
@@ -487,8 +512,8 @@ impl Route {
     /// The methods the endpoint answers.
     fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Channels => &[Method::GET, Method::POST],
-            Route::Channel(_) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::Channels | Route::Clients => &[Method::GET, Method::POST],
+            Route::Channel(_) | Route::Client(_) => &[Method::GET, Method::PUT, Method::DELETE],
             Route::Plugin(_) => &[Method::GET, Method::POST, Method::DELETE],
             Route::Users => &[Method::GET, Method::POST],
             Route::User(_) => &[Method::GET, Method::PUT, Method::DELETE],
@@ -517,6 +542,7 @@ impl Route {
             Route::User(_) => return Access::SelfOr(UserManage),
             Route::Users => (UserView, UserManage),
             Route::Channels | Route::Channel(_) => (ChannelViewAll, ChannelManageAll),
+            Route::Clients | Route::Client(_) => (ClientViewAll, ClientManageAll),
             Route::Plugins | Route::Plugin(_) | Route::Rollback(_) => {
                 (MediatorViewAll, MediatorManageAll)
             }

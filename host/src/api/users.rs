@@ -240,6 +240,7 @@ async fn hash(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|error| ApiError::Internal(format!("Hashing a password failed: {error}.")))?
+        .map_err(|error| ApiError::Internal(error.0))
 }
 
 async fn find(api: &Api, email: &str) -> Result<(String, Value), ApiError> {

@@ -4,6 +4,7 @@
 //! wrong type in one field does not hide an unknown key in another. Each field's meaning and default is
 //! documented here, on the struct that holds it, and repeated in `config/default.toml`.
 
+pub mod auth;
 pub mod fields;
 
 use std::fmt;
@@ -40,6 +41,8 @@ pub struct Config {
     /// `[auth.jwt]`: how JWTs are verified; `None` without an `algorithm` (see
     /// [`crate::jwt::JwtSettings`]).
     pub jwt: Option<crate::jwt::JwtSettings>,
+    /// `[auth]`: client authentication on the proxy (see [`auth::Auth`]).
+    pub auth: auth::Auth,
     /// The config file's folder: relative paths in channels (`plugin.file`) are found from here.
     pub base_dir: PathBuf,
     /// The channels loaded at start (upserted into the store by name).
@@ -370,10 +373,10 @@ impl Config {
         let retention = root.raw("retention").unwrap_or(&empty);
         let api = root.raw("api").unwrap_or(&empty);
         let plugins = root.raw("plugins").unwrap_or(&empty);
+        let auth = root.raw("auth").unwrap_or(&empty);
         let channels = root.raw("channels");
         let tls = root.raw("tls");
-        // Only `auth.jwt` is read here; the rest of `[auth]` belongs to proxy authentication.
-        let auth_jwt = root.raw("auth").and_then(|auth| auth.get("jwt"));
+        let auth_jwt = auth.get("jwt");
         root.finish();
 
         let server = parse_server(server, &mut errors);
@@ -387,6 +390,7 @@ impl Config {
         let retention = parse_retention(retention, &mut errors);
         let api = parse_api(api, &mut errors);
         let plugins = parse_plugins(plugins, &store.data_dir, base, &mut errors);
+        let auth = auth::parse_auth(auth, &mut errors);
         let channel_documents = match channels {
             Some(Value::Array(items)) => items.clone(),
             _ => Vec::new(),
@@ -394,6 +398,10 @@ impl Config {
         let channels = parse_channels(channels, &mut errors);
         let tls = crate::tls::parse_settings(tls, base, &mut errors);
         let jwt = crate::jwt::parse_settings(auth_jwt, base, &mut errors);
+        let auth = auth::Auth {
+            jwt: jwt.is_some(),
+            ..auth
+        };
 
         if errors.is_empty() {
             Ok(Config {
@@ -410,6 +418,7 @@ impl Config {
                 plugins,
                 tls,
                 jwt,
+                auth,
                 base_dir: base.to_owned(),
                 channels,
                 channel_documents,

@@ -27,8 +27,19 @@ pub enum Blame {
 pub enum ProxyError {
     /// No enabled channel matches the method and path.
     NoChannel,
-    /// The matching channel does not admit this client.
-    Unauthorized { channel: String },
+    /// The matching channel does not admit this client (unauthenticated on a private channel, not
+    /// in `allow`, or outside `whitelist`). `challenge`: the `WWW-Authenticate` value to send, when
+    /// basic authentication is enabled.
+    Unauthorized {
+        channel: String,
+        challenge: Option<HeaderValue>,
+    },
+    /// The client's clientID or address failed to authenticate too often lately: its attempts are
+    /// refused unchecked until `retry_after` has passed (see [`crate::proxy::auth`]).
+    AuthBackoff {
+        channel: String,
+        retry_after: Duration,
+    },
     /// The request carries both `Content-Length` and `Transfer-Encoding` (a smuggling vector).
     AmbiguousFraming,
     /// The request body is over the channel's limit.
@@ -80,6 +91,7 @@ impl ProxyError {
         match self {
             ProxyError::NoChannel
             | ProxyError::Unauthorized { .. }
+            | ProxyError::AuthBackoff { .. }
             | ProxyError::AmbiguousFraming
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyTimeout { .. }
@@ -102,6 +114,7 @@ impl ProxyError {
         match self {
             ProxyError::NoChannel => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::AuthBackoff { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::AmbiguousFraming | ProxyError::BodyRead { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -135,7 +148,8 @@ impl ProxyError {
     fn channel(&self) -> Option<&str> {
         match self {
             ProxyError::NoChannel | ProxyError::AmbiguousFraming => None,
-            ProxyError::Unauthorized { channel }
+            ProxyError::Unauthorized { channel, .. }
+            | ProxyError::AuthBackoff { channel, .. }
             | ProxyError::BodyTooLarge { channel, .. }
             | ProxyError::BodyTimeout { channel }
             | ProxyError::BodyRead { channel, .. }
@@ -198,6 +212,21 @@ impl ProxyError {
         let mut response = http::Response::new(self.body(transaction_id));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
+        match &self {
+            ProxyError::Unauthorized {
+                challenge: Some(challenge),
+                ..
+            } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            ProxyError::AuthBackoff { retry_after, .. } => {
+                // Whole seconds, rounded up, so that a client that waits exactly this long is
+                // not refused again.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            _ => {}
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -216,6 +245,11 @@ impl fmt::Display for ProxyError {
             ProxyError::Unauthorized { .. } => {
                 f.write_str("This channel does not admit the client.")
             }
+            ProxyError::AuthBackoff { retry_after, .. } => write!(
+                f,
+                "Too many failed authentication attempts; try again in {} s.",
+                retry_after.as_secs().max(1)
+            ),
             ProxyError::AmbiguousFraming => f.write_str(
                 "The request has both Content-Length and Transfer-Encoding; refusing an ambiguous body.",
             ),

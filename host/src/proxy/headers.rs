@@ -10,6 +10,8 @@ pub static X_MEDIARY_TRANSACTION_ID: HeaderName =
     HeaderName::from_static("x-mediary-transaction-id");
 /// The same id under OpenHIM's name, for upstreams and clients written against OpenHIM.
 pub static X_OPENHIM_TRANSACTIONID: HeaderName = HeaderName::from_static("x-openhim-transactionid");
+/// The authenticated client's clientID, as OpenHIM sends it upstream.
+pub static X_OPENHIM_CLIENTID: HeaderName = HeaderName::from_static("x-openhim-clientid");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -90,6 +92,15 @@ pub fn route_auth(headers: &mut HeaderMap, forward_auth: bool, route_auth: Optio
     }
     if let Some(auth) = route_auth {
         headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+}
+
+/// Sets `X-OpenHIM-ClientID` to the authenticated client's id, or removes it for an anonymous
+/// request, so that whatever the client sent under that name never reaches the upstream.
+pub fn set_client_id(headers: &mut HeaderMap, client_id: Option<&str>) {
+    headers.remove(&X_OPENHIM_CLIENTID);
+    if let Some(value) = client_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(X_OPENHIM_CLIENTID.clone(), value);
     }
 }
 

@@ -4,7 +4,8 @@
 //! Phases of one request, in order ([`Proxy::handle`]):
 //! 1. **frame** — refuse ambiguous framing (`Content-Length` with `Transfer-Encoding`);
 //! 2. **match** — the first enabled channel, by priority, whose pattern and method match;
-//! 3. **admit** — public channels admit everyone; private ones nobody until client authentication lands;
+//! 3. **admit** — who the client is and whether the channel serves it (see [`auth`]): 401 (or 429
+//!    when backing off) otherwise, decided by the matched channel alone;
 //! 4. **read** — the body, up to the channel's limit and within the body timeout;
 //! 5. **record** — the transaction gets its id and its `Begun` stage is in the spool file before
 //!    anything goes upstream (see [`record`]);
@@ -15,6 +16,7 @@
 //! Any failure is a [`ProxyError`], turned into a response in one place. Requests refused before a
 //! channel admits them (phases 1–3) are not transactions, as in OpenHIM.
 
+pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod error;
@@ -79,6 +81,8 @@ struct Admitted {
     parts: http::request::Parts,
     body: Bytes,
     client_ip: IpAddr,
+    /// The authenticated client's clientID (sent upstream as `X-OpenHIM-ClientID`, recorded).
+    client_id: Option<String>,
     parent: Option<Uuid>,
     started: Instant,
 }
@@ -186,25 +190,66 @@ impl Proxy {
     ) -> Result<Admitted, ProxyError> {
         let started = Instant::now();
         let channel = self.match_channel(request.method(), request.uri().path())?;
-        if channel.auth_type == AuthType::Private {
-            return Err(ProxyError::Unauthorized {
-                channel: channel.name.clone(),
-            });
-        }
+        let client_ip = headers::canonical_ip(remote.ip());
+        let client_id = self.authenticate(&channel, &request, client_ip).await?;
         channel
             .metrics
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // Replaced, or removed for an anonymous request: a client must not name itself.
+        headers::set_client_id(&mut parts.headers, client_id.as_deref());
         let body = self.read_body(&channel, &parts.headers, body).await?;
         Ok(Admitted {
             channel,
             parts,
             body,
-            client_ip: headers::canonical_ip(remote.ip()),
+            client_ip,
+            client_id,
             parent: None,
             started,
         })
+    }
+
+    /// Phase 3: the clientID of the request's client, if any, when the channel serves it.
+    async fn authenticate(
+        &self,
+        channel: &Channel,
+        request: &Request<Incoming>,
+        client_ip: IpAddr,
+    ) -> Result<Option<String>, ProxyError> {
+        let auth = &self.shared.client_auth;
+        let headers = request.headers();
+        let peer = request
+            .extensions()
+            .get::<Arc<crate::tls::PeerIdentity>>()
+            .cloned();
+        // A public channel with no whitelist serves anyone: a request without credentials there
+        // needs no look-up at all (an open channel costs nothing).
+        if channel.auth_type == AuthType::Public
+            && channel.whitelist.is_empty()
+            && peer.is_none()
+            && !headers.contains_key(header::AUTHORIZATION)
+        {
+            return Ok(None);
+        }
+        // An `Arc`, not a guard: a password check may take a while.
+        let clients = self.shared.clients.load_full();
+        match auth
+            .admit(&clients, channel, headers, peer.as_deref(), client_ip)
+            .await
+        {
+            Ok(auth::Identity::Client(client, _)) => Ok(Some(client.client_id.clone())),
+            Ok(auth::Identity::Anonymous) => Ok(None),
+            Err(auth::Refusal::Unauthorized) => Err(ProxyError::Unauthorized {
+                channel: channel.name.clone(),
+                challenge: auth.challenge().cloned(),
+            }),
+            Err(auth::Refusal::Backoff(retry_after)) => Err(ProxyError::AuthBackoff {
+                channel: channel.name.clone(),
+                retry_after,
+            }),
+        }
     }
 
     /// Phases 5 and 6: records the request, then sends it to every route. Also used by rerun.
@@ -214,6 +259,7 @@ impl Proxy {
             mut parts,
             body,
             client_ip,
+            client_id,
             parent,
             started,
         } = admitted;
@@ -228,6 +274,7 @@ impl Proxy {
                 headers: &parts.headers,
                 body: &body,
                 client_ip,
+                client_id: client_id.as_deref(),
                 parent,
                 started,
             };

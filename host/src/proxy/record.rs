@@ -50,6 +50,8 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     pub body: &'a Bytes,
     pub client_ip: IpAddr,
+    /// The authenticated client's clientID.
+    pub client_id: Option<&'a str>,
     pub parent: Option<Uuid>,
     pub started: Instant,
 }
@@ -86,7 +88,7 @@ impl TxRecording {
             id: facts.id,
             channel_id: channel.id.to_string(),
             channel_name: channel.name.clone(),
-            client_id: None,
+            client_id: facts.client_id.map(str::to_owned),
             client_ip: facts.client_ip.to_string(),
             request: RequestRecord {
                 host,

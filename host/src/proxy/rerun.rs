@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::store::StoreError;
 use crate::transaction::{REDACTED, Status, Transaction};
 
-use super::{Admitted, Proxy};
+use super::{Admitted, Proxy, headers};
 
 /// Why a transaction could not be rerun.
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +70,14 @@ impl Proxy {
             .as_ref()
             .map(|b| b.0.clone())
             .unwrap_or_default();
+        let mut parts = parts;
+        // The rerun speaks for the original client, whatever header the stored request carried.
+        headers::set_client_id(&mut parts.headers, parent.client_id.as_deref());
         let admitted = Admitted {
             channel,
             parts,
             body,
+            client_id: parent.client_id.clone(),
             client_ip: parent
                 .client_ip
                 .parse()
