@@ -212,13 +212,15 @@ key_file = \"$TMP/server.key\""; then
 fi
 
 if part b; then
-  # One Mediary, two channels: /public/... (public) and /private/... (private, allow ["bench"]).
+  # One Mediary, two channels: /public/... (public) and /private/... (private, allow ["bench"]),
+  # both with a priority so that they come before the template's catch-all channel.
   free_port MEDIARY_PORT
   BENCH_PASSWORD=bench-password-$RANDOM$RANDOM
   ROOT_PASSWORD=bench-root-password
   channels="[[channels]]
 name = \"public\"
 urlPattern = \"^/public/\"
+priority = 1
 methods = [\"GET\"]
 authType = \"public\"
 [[channels.routes]]
@@ -231,6 +233,7 @@ pathTransform = \"s/^\\\\/public//\"
 [[channels]]
 name = \"private\"
 urlPattern = \"^/private/\"
+priority = 1
 methods = [\"GET\"]
 authType = \"private\"
 allow = [\"bench\"]
