@@ -473,7 +473,12 @@ mod tests {
             .await
             .unwrap();
         let id = f.api.sessions.open("a@example.org", "h1").await.unwrap();
-        let principal = f.api.session_principal(&id).await.unwrap().expect("a session");
+        let principal = f
+            .api
+            .session_principal(&id)
+            .await
+            .unwrap()
+            .expect("a session");
         assert_eq!(principal.email, "a@example.org");
         assert_eq!(principal.via, Via::Session);
         assert!(f.api.session_principal("forged").await.unwrap().is_none());
