@@ -41,6 +41,11 @@ impl ServerCert {
         sha2::Sha256::digest(&self.chain[0]).into()
     }
 
+    /// SHA-1 of the (end-entity) certificate, as OpenHIM fingerprinted client certificates.
+    pub fn sha1(&self) -> [u8; 20] {
+        sha1::Sha1::digest(&self.chain[0]).into()
+    }
+
     /// Writes `<name>.pem` and `<name>.key` into `dir` (replacing them by rename, as certificate
     /// tooling does) and returns their paths.
     pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -115,15 +120,29 @@ impl TestCa {
     }
 }
 
-/// What [`https_get`] got: the status, the body, and the certificate the server presented.
+/// What [`https_get`] got: the status, the headers, the body, and the certificate the server
+/// presented.
 #[derive(Debug)]
 pub struct HttpsReply {
     pub status: u16,
+    /// The response headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
     pub body: String,
     /// SHA-256 of the server's certificate.
     pub served_sha256: [u8; 32],
     /// The TLS version negotiated.
     pub version: rustls::ProtocolVersion,
+}
+
+impl HttpsReply {
+    /// The first value of header `name` (any case), if there is one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The TLS versions [`https_get`] may offer.
@@ -139,6 +158,18 @@ pub enum Versions {
 pub fn https_get(
     addr: SocketAddr,
     path: &str,
+    ca: &TestCa,
+    client: Option<&ServerCert>,
+    versions: Versions,
+) -> Result<HttpsReply, String> {
+    https_get_with(addr, path, &[], ca, client, versions)
+}
+
+/// [`https_get`] with extra request `headers` (`Authorization`, say).
+pub fn https_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
     ca: &TestCa,
     client: Option<&ServerCert>,
     versions: Versions,
@@ -163,7 +194,12 @@ pub fn https_get(
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
     runtime().block_on(async move {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
@@ -199,12 +235,17 @@ pub fn https_get(
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let body = body.to_owned();
         Ok(HttpsReply {
             status,
+            headers,
             body,
             served_sha256,
             version,

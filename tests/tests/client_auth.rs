@@ -1,0 +1,527 @@
+//! Mutual TLS and JWT client authentication through the real binary, a private channel and a real
+//! upstream: client certificates made here (rcgen) identify the client whose `certFingerprint` is
+//! theirs (SHA-256, an OpenHIM SHA-1, or the issuing CA's with `mutual_tls_lookup = "in-chain"`),
+//! and `Authorization: Bearer` tokens signed here (HS256, RS256, ES256) identify their `sub`.
+//! Anything else on a private channel is a 401, or no handshake at all.
+//!
+//! Clients are created through the management API (`POST /clients`), as an operator would.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mediary_e2e::{
+    Client, HttpsReply, Mediary, ServerCert, TestCa, Upstream, Versions, https_get_with,
+};
+use serde_json::{Value, json};
+
+/// A private channel on `^/private` allowing `allow` (roles or clientIDs), to `upstream`.
+fn private_channel(allow: &[&str], upstream: &Upstream) -> String {
+    format!(
+        r#"
+[[channels]]
+name = "private"
+urlPattern = "^/private"
+methods = ["GET"]
+authType = "private"
+allow = {allow:?}
+
+[[channels.routes]]
+name = "upstream"
+host = "127.0.0.1"
+port = {port}
+primary = true
+"#,
+        port = upstream.port()
+    )
+}
+
+fn create_client(mediary: &Mediary, client: Value) -> Value {
+    let reply = mediary.api().post("/clients", &client).send();
+    assert_eq!(reply.status(), 201, "creating a client: {}", reply.text());
+    reply.json()
+}
+
+/// Lower-case hex, as `certFingerprint` is usually written.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Upper-case hex pairs separated by colons, as OpenHIM stored `certFingerprint`.
+fn openhim_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutual TLS
+
+/// The certificates of one mutual-TLS test: the server's CA, the CA its clients' certificates
+/// must chain to, and a CA nobody trusts.
+struct Pki {
+    server: TestCa,
+    clients: TestCa,
+    stranger: TestCa,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        Pki {
+            server: TestCa::new("server CA"),
+            clients: TestCa::new("client CA"),
+            stranger: TestCa::new("another CA"),
+            dir: tempfile::tempdir().expect("a temp dir"),
+        }
+    }
+
+    /// A Mediary serving HTTPS with `clients` as its client CA (and `more_cas`), `[auth]` settings
+    /// `auth`, and `channels`. The API stays on plain HTTP for the fixture's client.
+    fn start(&self, auth: &str, more_cas: &[&TestCa], channels: &str) -> Mediary {
+        let (cert_file, key_file) = self
+            .server
+            .issue(&["localhost"])
+            .write(self.dir.path(), "server");
+        let mut ca_files = Vec::new();
+        for (i, ca) in std::iter::once(&self.clients)
+            .chain(more_cas.iter().copied())
+            .enumerate()
+        {
+            let file = self.dir.path().join(format!("client-ca-{i}.pem"));
+            std::fs::write(&file, ca.pem()).expect("write a client CA");
+            ca_files.push(file);
+        }
+        Mediary::with_config(format!(
+            r#"
+[server]
+bind = "127.0.0.1"
+http_port = 0
+https_port = 0
+api_port = 0
+workers = 1
+
+[auth]
+{auth}
+
+[tls]
+cert_file = {cert_file:?}
+key_file = {key_file:?}
+client_ca_files = {ca_files:?}
+api = false
+{channels}"#
+        ))
+        .start()
+    }
+
+    /// `GET path` over HTTPS to `mediary`, presenting `cert` if given.
+    fn get(
+        &self,
+        mediary: &Mediary,
+        path: &str,
+        cert: Option<&ServerCert>,
+    ) -> Result<HttpsReply, String> {
+        https_get_with(
+            mediary.https_addr(),
+            path,
+            &[],
+            &self.server,
+            cert,
+            Versions::Both,
+        )
+    }
+
+    /// Like [`Pki::get`], expecting the handshake (and the request) to succeed.
+    fn served(&self, mediary: &Mediary, path: &str, cert: Option<&ServerCert>) -> HttpsReply {
+        self.get(mediary, path, cert)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", mediary.logs()))
+    }
+}
+
+#[test]
+fn a_registered_client_certificate_identifies_its_client() {
+    let pki = Pki::new();
+    let upstream = Upstream::echo();
+    let mediary = pki.start("", &[], &private_channel(&["emr"], &upstream));
+    let known = pki.clients.issue_client("emr");
+    create_client(
+        &mediary,
+        json!({"clientID": "emr", "name": "EMR", "certFingerprint": hex(&known.sha256())}),
+    );
+
+    let reply = pki.served(&mediary, "/private/x", Some(&known));
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, mediary.logs());
+    let seen = upstream.single_request();
+    assert_eq!(seen.header_values("x-openhim-clientid"), vec!["emr"]);
+    let tx_id = reply
+        .header("x-openhim-transactionid")
+        .expect("a transaction ID");
+    let tx = mediary
+        .api()
+        .settled_transaction(tx_id, Duration::from_secs(10));
+    assert_eq!(tx["clientID"], "emr", "{tx}");
+
+    // Trusted CA, in date, but no client has its fingerprint.
+    let unregistered = pki.clients.issue_client("emr");
+    let reply = pki.served(&mediary, "/private/x", Some(&unregistered));
+    assert_eq!(reply.status, 401, "{}", reply.body);
+
+    // No certificate at all: a private channel challenges for basic credentials.
+    let reply = pki.served(&mediary, "/private/x", None);
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Basic realm="Mediary""#)
+    );
+
+    // Certificates that fail verification get no HTTP answer at all.
+    for (what, cert) in [
+        ("expired", pki.clients.issue_expired_client("emr")),
+        ("another CA", pki.stranger.issue_client("emr")),
+    ] {
+        let result = pki.get(&mediary, "/private/x", Some(&cert));
+        assert!(result.is_err(), "{what} was answered: {result:?}");
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the known client got through"
+    );
+}
+
+#[test]
+fn an_openhim_sha1_fingerprint_identifies_its_client() {
+    let pki = Pki::new();
+    let upstream = Upstream::echo();
+    let mediary = pki.start("", &[], &private_channel(&["legacy"], &upstream));
+    let cert = pki.clients.issue_client("legacy");
+    let created = create_client(
+        &mediary,
+        json!({"clientID": "legacy", "name": "Legacy", "certFingerprint": openhim_hex(&cert.sha1())}),
+    );
+    assert!(created.get("certFingerprint").is_some(), "{created}");
+
+    let reply = pki.served(&mediary, "/private/x", Some(&cert));
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, mediary.logs());
+    assert_eq!(
+        upstream
+            .single_request()
+            .header_values("x-openhim-clientid"),
+        vec!["legacy"]
+    );
+    // Another certificate of the same CA is someone else.
+    let other = pki.clients.issue_client("legacy");
+    assert_eq!(pki.served(&mediary, "/private/x", Some(&other)).status, 401);
+}
+
+#[test]
+fn in_chain_lookup_identifies_every_certificate_the_registered_ca_issued() {
+    let pki = Pki::new();
+    let other_ca = TestCa::new("second client CA");
+    let upstream = Upstream::echo();
+    let mediary = pki.start(
+        "mutual_tls_lookup = \"in-chain\"\nbasic = false",
+        &[&other_ca],
+        &private_channel(&["hospital"], &upstream),
+    );
+    create_client(
+        &mediary,
+        json!({"clientID": "hospital", "name": "Hospital", "certFingerprint": hex(&pki.clients.sha256())}),
+    );
+
+    for name in ["ward-1", "ward-2"] {
+        let reply = pki.served(
+            &mediary,
+            "/private/x",
+            Some(&pki.clients.issue_client(name)),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{name}: {}\n{}",
+            reply.body,
+            mediary.logs()
+        );
+    }
+    let seen = upstream.wait_for_requests(2, Duration::from_secs(5));
+    for request in &seen {
+        assert_eq!(
+            request.header_values("x-openhim-clientid"),
+            vec!["hospital"]
+        );
+    }
+
+    // A certificate from the other trusted CA verifies, but that CA is nobody's.
+    let reply = pki.served(
+        &mediary,
+        "/private/x",
+        Some(&other_ca.issue_client("ward-3")),
+    );
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    // No certificate, and basic is off: 401 without a Basic challenge.
+    let reply = pki.served(&mediary, "/private/x", None);
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(reply.header("www-authenticate"), None);
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+#[test]
+fn with_mutual_tls_off_a_certificate_identifies_nobody() {
+    let pki = Pki::new();
+    let upstream = Upstream::echo();
+    let mediary = pki.start(
+        "mutual_tls = false",
+        &[],
+        &private_channel(&["emr"], &upstream),
+    );
+    let cert = pki.clients.issue_client("emr");
+    create_client(
+        &mediary,
+        json!({"clientID": "emr", "name": "EMR", "certFingerprint": hex(&cert.sha256())}),
+    );
+    let reply = pki.served(&mediary, "/private/x", Some(&cert));
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(upstream.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// JWT
+
+/// `host/tests/data/jwt/<name>`.
+fn jwt_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../host/tests/data/jwt")
+        .join(name)
+}
+
+const HS_SECRET: &str = "an HS256 secret of at least 32 bytes, for tests";
+const AUDIENCE: &str = "mediary-e2e";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// Claims for `sub`, valid for five minutes, for [`AUDIENCE`].
+fn claims(sub: &str) -> Value {
+    json!({"sub": sub, "aud": AUDIENCE, "iat": now(), "exp": now() + 300})
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("sign a token")
+}
+
+fn hs256(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        None,
+        claims,
+    )
+}
+
+fn rs256(claims: &Value) -> String {
+    let pem = std::fs::read(jwt_data("rsa-private.pem")).expect("the RSA key");
+    let key = EncodingKey::from_rsa_pem(&pem).expect("an RSA key");
+    sign(Algorithm::RS256, &key, Some("rsa-1"), claims)
+}
+
+fn es256(claims: &Value) -> String {
+    let pem = std::fs::read(jwt_data("ec-private.pem")).expect("the EC key");
+    let key = EncodingKey::from_ec_pem(&pem).expect("an EC key");
+    sign(Algorithm::ES256, &key, Some("ec-1"), claims)
+}
+
+/// An unsigned token (`alg: none`), which must never be accepted.
+fn unsigned(claims: &Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{payload}.")
+}
+
+/// A Mediary verifying JWTs as `jwt` (the `[auth.jwt]` table's keys) with a private channel
+/// allowing the client `emr` (and the clients `emr` and `outsider`, with no secrets of their own).
+fn start_jwt(jwt: &str, upstream: &Upstream) -> Mediary {
+    let mediary = Mediary::with_config(format!(
+        "[auth.jwt]\n{jwt}\n{}",
+        private_channel(&["emr"], upstream)
+    ))
+    .start();
+    create_client(&mediary, json!({"clientID": "emr", "name": "EMR"}));
+    create_client(
+        &mediary,
+        json!({"clientID": "outsider", "name": "Outsider"}),
+    );
+    mediary
+}
+
+/// The status of `GET /private/x` with `Authorization: Bearer <token>`.
+fn bearer(mediary: &Mediary, token: &str) -> u16 {
+    Client::new()
+        .get(mediary.url("/private/x"))
+        .header("authorization", &format!("Bearer {token}"))
+        .send()
+        .status()
+}
+
+#[test]
+fn hs256_tokens_identify_their_subject_and_bad_ones_are_refused() {
+    let upstream = Upstream::echo();
+    let mediary = start_jwt(
+        &format!("algorithm = \"HS256\"\nsecret = {HS_SECRET:?}\naudience = {AUDIENCE:?}"),
+        &upstream,
+    );
+
+    let reply = Client::new()
+        .get(mediary.url("/private/x"))
+        .header(
+            "authorization",
+            &format!("Bearer {}", hs256(&claims("emr"))),
+        )
+        .send();
+    assert_eq!(reply.status(), 200, "{}\n{}", reply.text(), mediary.logs());
+    let seen = upstream.single_request();
+    assert_eq!(seen.header_values("x-openhim-clientid"), vec!["emr"]);
+    let tx = mediary
+        .api()
+        .settled_transaction(&reply.transaction_id(), Duration::from_secs(10));
+    assert_eq!(tx["clientID"], "emr", "{tx}");
+
+    let expired = json!({"sub": "emr", "aud": AUDIENCE, "iat": now() - 7200, "exp": now() - 3600});
+    let mut wrong_audience = claims("emr");
+    wrong_audience["aud"] = json!("someone-else");
+    let mut no_exp = claims("emr");
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let other_secret = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"another secret, also 32 bytes or more"),
+        None,
+        &claims("emr"),
+    );
+    for (what, token) in [
+        ("expired", hs256(&expired)),
+        ("alg none", unsigned(&claims("emr"))),
+        ("wrong audience", hs256(&wrong_audience)),
+        ("no exp", hs256(&no_exp)),
+        ("another secret", other_secret),
+        ("unknown subject", hs256(&claims("nobody"))),
+        (
+            "a client the channel does not allow",
+            hs256(&claims("outsider")),
+        ),
+        ("not a JWT", "emr".to_owned()),
+    ] {
+        assert_eq!(bearer(&mediary, &token), 401, "{what}");
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "only the valid token got through"
+    );
+}
+
+#[test]
+fn rs256_tokens_identify_their_subject_and_the_public_key_is_no_hmac_secret() {
+    let upstream = Upstream::echo();
+    let public_key = jwt_data("rsa-public.pem");
+    let mediary = start_jwt(
+        &format!("algorithm = \"RS256\"\npublic_key_file = {public_key:?}"),
+        &upstream,
+    );
+    assert_eq!(
+        bearer(&mediary, &rs256(&claims("emr"))),
+        200,
+        "{}",
+        mediary.logs()
+    );
+    assert_eq!(
+        upstream
+            .single_request()
+            .header_values("x-openhim-clientid"),
+        vec!["emr"]
+    );
+
+    // The classic confusion: HS256 with the RSA public key's PEM as the HMAC secret.
+    let pem = std::fs::read(&public_key).expect("the public key");
+    let confused = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&pem),
+        None,
+        &claims("emr"),
+    );
+    assert_eq!(
+        bearer(&mediary, &confused),
+        401,
+        "HS256 with the public key as secret"
+    );
+    assert_eq!(bearer(&mediary, &unsigned(&claims("emr"))), 401, "alg none");
+    assert_eq!(
+        bearer(&mediary, &es256(&claims("emr"))),
+        401,
+        "another algorithm"
+    );
+    let mut expired = claims("emr");
+    expired["exp"] = json!(now() - 3600);
+    assert_eq!(bearer(&mediary, &rs256(&expired)), 401, "expired");
+    assert_eq!(
+        bearer(&mediary, &rs256(&claims("outsider"))),
+        401,
+        "not allowed"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[test]
+fn es256_tokens_identify_their_subject() {
+    let upstream = Upstream::echo();
+    let public_key = jwt_data("ec-public.pem");
+    let mediary = start_jwt(
+        &format!(
+            "algorithm = \"ES256\"\npublic_key_file = {public_key:?}\nissuer = \"https://idp.test\""
+        ),
+        &upstream,
+    );
+    let mut good = claims("emr");
+    good["iss"] = json!("https://idp.test");
+    assert_eq!(bearer(&mediary, &es256(&good)), 200, "{}", mediary.logs());
+    assert_eq!(
+        upstream
+            .single_request()
+            .header_values("x-openhim-clientid"),
+        vec!["emr"]
+    );
+    let mut wrong_issuer = good.clone();
+    wrong_issuer["iss"] = json!("https://elsewhere.test");
+    assert_eq!(bearer(&mediary, &es256(&wrong_issuer)), 401, "wrong issuer");
+    assert_eq!(bearer(&mediary, &es256(&claims("emr"))), 401, "no issuer");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[test]
+fn a_jwks_file_verifies_tokens_by_kid() {
+    let upstream = Upstream::echo();
+    let jwks = jwt_data("jwks.json");
+    let mediary = start_jwt(
+        &format!("algorithm = \"RS256\"\njwks_file = {jwks:?}"),
+        &upstream,
+    );
+    assert_eq!(
+        bearer(&mediary, &rs256(&claims("emr"))),
+        200,
+        "{}",
+        mediary.logs()
+    );
+    let pem = std::fs::read(jwt_data("rsa-private.pem")).expect("the RSA key");
+    let key = EncodingKey::from_rsa_pem(&pem).expect("an RSA key");
+    let unknown_kid = sign(Algorithm::RS256, &key, Some("rsa-2"), &claims("emr"));
+    assert_eq!(bearer(&mediary, &unknown_kid), 401, "unknown kid");
+    assert_eq!(upstream.requests().len(), 1);
+}
