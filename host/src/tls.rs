@@ -129,8 +129,17 @@ fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, String
 #[derive(Debug)]
 struct ClientCas {
     roots: Arc<RootCertStore>,
-    /// (subject name DER, SHA-256 of the certificate) of each CA.
-    anchors: Vec<(Vec<u8>, [u8; 32])>,
+    /// Each CA, to recognise it as a verified chain's trust anchor.
+    anchors: Vec<Anchor>,
+}
+
+/// A configured CA as a trust anchor (subject and public key, as webpki names an anchor), and the
+/// SHA-256 of its certificate.
+#[derive(Debug, PartialEq, Eq)]
+struct Anchor {
+    subject: Vec<u8>,
+    spki: Vec<u8>,
+    sha256: [u8; 32],
 }
 
 impl ClientCas {
@@ -139,12 +148,16 @@ impl ClientCas {
         let mut anchors = Vec::new();
         for file in files {
             for cert in read_certificates(file)? {
-                let subject = subject_of(&cert)
-                    .ok_or_else(|| format!("{}: a certificate does not parse", file.display()))?;
-                anchors.push((subject, sha256(&cert)));
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", file.display()))?;
+                let unusable = |e: &dyn std::fmt::Display| {
+                    format!("{}: not a usable CA certificate: {e}", file.display())
+                };
+                let anchor = webpki::anchor_from_trusted_cert(&cert).map_err(|e| unusable(&e))?;
+                anchors.push(Anchor {
+                    subject: anchor.subject.as_ref().to_vec(),
+                    spki: anchor.subject_public_key_info.as_ref().to_vec(),
+                    sha256: sha256(&cert),
+                });
+                roots.add(cert).map_err(|e| unusable(&e))?;
             }
         }
         Ok(ClientCas {
@@ -152,16 +165,6 @@ impl ClientCas {
             anchors,
         })
     }
-}
-
-fn subject_of(cert: &[u8]) -> Option<Vec<u8>> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    Some(parsed.subject().as_raw().to_vec())
-}
-
-fn issuer_of(cert: &[u8]) -> Option<Vec<u8>> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    Some(parsed.issuer().as_raw().to_vec())
 }
 
 /// What the files said at one moment: the certificate and the client CAs.
@@ -355,26 +358,49 @@ impl Acceptor {
 
 fn peer_identity(certs: &[CertificateDer<'_>], cas: &ClientCas) -> Option<PeerIdentity> {
     let leaf = certs.first()?;
-    let mut issuers: Vec<[u8; 32]> = certs[1..].iter().map(|c| sha256(c)).collect();
-    // The configured CA that anchors the chain: the one whose subject is the last presented
-    // certificate's issuer (unless the client sent that CA itself).
-    let last = certs.last()?;
-    if let Some(issuer) = issuer_of(last) {
-        let anchor = cas
-            .anchors
-            .iter()
-            .find(|(subject, hash)| *subject == issuer && !issuers.contains(hash));
-        if let Some((_, hash)) = anchor
-            && sha256(last) != *hash
-        {
-            issuers.push(*hash);
-        }
-    }
     Some(PeerIdentity {
         fingerprint_sha256: sha256(leaf),
         fingerprint_sha1: sha1::Sha1::digest(leaf.as_ref()).into(),
-        issuers_sha256: issuers,
+        issuers_sha256: verified_issuers(leaf, &certs[1..], cas),
     })
+}
+
+/// SHA-256 of the authorities `leaf` was verified through, nearest first: the intermediates of the
+/// path the handshake verified, then its trust anchor. The path is built again here (rustls does
+/// not tell which one it found) because the client may send any certificates along, CA
+/// certificates being public: only those its certificate really chains through may identify it.
+fn verified_issuers(
+    leaf: &CertificateDer<'_>,
+    presented: &[CertificateDer<'_>],
+    cas: &ClientCas,
+) -> Vec<[u8; 32]> {
+    let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
+        return Vec::new();
+    };
+    let path = end_entity.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &cas.roots.roots,
+        presented,
+        rustls::pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    );
+    let Ok(path) = path else {
+        // The handshake verified it a moment ago; only a certificate expiring in between gets here.
+        return Vec::new();
+    };
+    let mut issuers: Vec<[u8; 32]> = path
+        .intermediate_certificates()
+        .map(|c| sha256(&c.der()))
+        .collect();
+    let anchor = path.anchor();
+    if let Some(configured) = cas.anchors.iter().find(|a| {
+        a.subject == anchor.subject.as_ref() && a.spki == anchor.subject_public_key_info.as_ref()
+    }) {
+        issuers.push(configured.sha256);
+    }
+    issuers
 }
 
 fn server_config(

@@ -71,6 +71,19 @@ impl TestCa {
         }
     }
 
+    /// An intermediate CA that this one signs. What it issues chains to this CA only through its
+    /// certificate ([`TestCa::der`]), which a client must present along with its own.
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a CA key");
+        TestCa {
+            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)
+                .expect("an intermediate CA certificate"),
+        }
+    }
+
     /// The CA certificate in PEM, as an operator would put it in a file.
     pub fn pem(&self) -> String {
         self.issuer.pem()

@@ -262,11 +262,57 @@ fn in_chain_lookup_identifies_every_certificate_the_registered_ca_issued() {
         Some(&other_ca.issue_client("ward-3")),
     );
     assert_eq!(reply.status, 401, "{}", reply.body);
+    // A client of the other CA that also presents the registered CA's certificate (public, after
+    // all) is still not its client: only the authorities its certificate was verified through
+    // count, not whatever else it sent along.
+    let mut smuggler = other_ca.issue_client("ward-4");
+    smuggler.chain.push(pki.clients.der().clone());
+    let reply = pki.served(&mediary, "/private/x", Some(&smuggler));
+    assert_eq!(reply.status, 401, "an extra certificate named the client");
     // No certificate, and basic is off: 401 without a Basic challenge.
     let reply = pki.served(&mediary, "/private/x", None);
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert_eq!(reply.header("www-authenticate"), None);
     assert_eq!(upstream.requests().len(), 2);
+}
+
+#[test]
+fn in_chain_lookup_names_the_nearest_registered_authority_through_intermediates() {
+    let pki = Pki::new();
+    let department = pki.clients.intermediate("department CA");
+    let upstream = Upstream::echo();
+    let mediary = pki.start(
+        "mutual_tls_lookup = \"in-chain\"",
+        &[],
+        &private_channel(&["dept", "hospital"], &upstream),
+    );
+    create_client(
+        &mediary,
+        json!({"clientID": "hospital", "name": "Hospital", "certFingerprint": hex(&pki.clients.sha256())}),
+    );
+
+    // Through the intermediate (which the client presents) to the registered root.
+    let mut via_department = department.issue_client("ward");
+    via_department.chain.push(department.der().clone());
+    let reply = pki.served(&mediary, "/private/x", Some(&via_department));
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, mediary.logs());
+    // With the intermediate registered too, it is the nearer authority, so its client.
+    create_client(
+        &mediary,
+        json!({"clientID": "dept", "name": "Department", "certFingerprint": hex(&department.sha256())}),
+    );
+    let reply = pki.served(&mediary, "/private/x", Some(&via_department));
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, mediary.logs());
+    let direct = pki.clients.issue_client("front desk");
+    let reply = pki.served(&mediary, "/private/x", Some(&direct));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let seen = upstream.wait_for_requests(3, Duration::from_secs(5));
+    let ids: Vec<_> = seen
+        .iter()
+        .map(|r| r.header_values("x-openhim-clientid").join(","))
+        .collect();
+    assert_eq!(ids, ["hospital", "dept", "hospital"]);
 }
 
 #[test]
