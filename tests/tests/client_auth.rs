@@ -571,3 +571,45 @@ fn a_jwks_file_verifies_tokens_by_kid() {
     assert_eq!(bearer(&mediary, &unknown_kid), 401, "unknown kid");
     assert_eq!(upstream.requests().len(), 1);
 }
+
+#[test]
+fn a_changed_or_deleted_client_no_longer_answers_to_its_old_certificate() {
+    let pki = Pki::new();
+    let upstream = Upstream::echo();
+    let mediary = pki.start("", &[], &private_channel(&["emr"], &upstream));
+    let first = pki.clients.issue_client("emr");
+    let second = pki.clients.issue_client("emr");
+    let created = create_client(
+        &mediary,
+        json!({"clientID": "emr", "name": "EMR", "certFingerprint": hex(&first.sha256())}),
+    );
+    let id = created["_id"].as_str().expect("an _id");
+    assert_eq!(pki.served(&mediary, "/private/x", Some(&first)).status, 200);
+
+    let api = mediary.api();
+    let updated = api
+        .put(
+            &format!("/clients/{id}"),
+            &json!({"certFingerprint": openhim_hex(&second.sha256())}),
+        )
+        .send();
+    assert_eq!(updated.status(), 200, "{}", updated.text());
+    assert_eq!(
+        pki.served(&mediary, "/private/x", Some(&first)).status,
+        401,
+        "the old certificate"
+    );
+    assert_eq!(
+        pki.served(&mediary, "/private/x", Some(&second)).status,
+        200,
+        "the new one"
+    );
+
+    assert_eq!(api.delete(&format!("/clients/{id}")).send().status(), 200);
+    assert_eq!(
+        pki.served(&mediary, "/private/x", Some(&second)).status,
+        401,
+        "deleted"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+}
