@@ -613,3 +613,71 @@ fn a_changed_or_deleted_client_no_longer_answers_to_its_old_certificate() {
     );
     assert_eq!(upstream.requests().len(), 2);
 }
+
+#[test]
+fn a_certificate_or_custom_token_names_one_client_only() {
+    let pki = Pki::new();
+    let upstream = Upstream::echo();
+    let mediary = pki.start(
+        "custom_token = true",
+        &[],
+        &private_channel(&["first"], &upstream),
+    );
+    let cert = pki.clients.issue_client("shared");
+    create_client(
+        &mediary,
+        json!({"clientID": "first", "name": "First", "certFingerprint": hex(&cert.sha256()),
+            "customTokenID": "tok-first-123456"}),
+    );
+    let api = mediary.api();
+    // The same fingerprint, even written the OpenHIM way, is another client's: which of the two
+    // a certificate identified would be up to chance.
+    let second = api
+        .post(
+            "/clients",
+            &json!({"clientID": "second", "name": "Second", "certFingerprint": openhim_hex(&cert.sha256())}),
+        )
+        .send();
+    assert_eq!(second.status(), 409, "{}", second.text());
+    assert!(
+        second.text().contains("certFingerprint"),
+        "{}",
+        second.text()
+    );
+    let third = api
+        .post(
+            "/clients",
+            &json!({"clientID": "third", "name": "Third", "customTokenID": "tok-first-123456"}),
+        )
+        .send();
+    assert_eq!(third.status(), 409, "{}", third.text());
+    // Nor can an existing client take them over by an update.
+    let other = create_client(&mediary, json!({"clientID": "fourth", "name": "Fourth"}));
+    let id = other["_id"].as_str().expect("an _id");
+    let taken = api
+        .put(
+            &format!("/clients/{id}"),
+            &json!({"certFingerprint": hex(&cert.sha256())}),
+        )
+        .send();
+    assert_eq!(taken.status(), 409, "{}", taken.text());
+    // A client keeps its own when updated.
+    let first = api.get("/clients/first?byNamedClientID=true").send().json();
+    let first_id = first["_id"].as_str().expect("an _id");
+    let renamed = api
+        .put(
+            &format!("/clients/{first_id}"),
+            &json!({"name": "Renamed", "certFingerprint": hex(&cert.sha256()), "customTokenID": "tok-first-123456"}),
+        )
+        .send();
+    assert_eq!(renamed.status(), 200, "{}", renamed.text());
+
+    let reply = pki.served(&mediary, "/private/x", Some(&cert));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        upstream
+            .single_request()
+            .header_values("x-openhim-clientid"),
+        vec!["first"]
+    );
+}
