@@ -162,8 +162,20 @@ fn a_registered_client_certificate_identifies_its_client() {
         .expect("a transaction ID");
     let tx = mediary
         .api()
-        .settled_transaction(tx_id, Duration::from_secs(10));
+        .settled_transaction(&tx_id, Duration::from_secs(10));
     assert_eq!(tx["clientID"], "emr", "{tx}");
+
+    // TLS 1.2 identifies the client just the same.
+    let reply = https_get_with(
+        mediary.https_addr(),
+        "/private/x",
+        &[],
+        &pki.server,
+        Some(&known),
+        Versions::Tls12,
+    )
+    .expect("a TLS 1.2 handshake");
+    assert_eq!(reply.status, 200, "{}", reply.body);
 
     // Trusted CA, in date, but no client has its fingerprint.
     let unregistered = pki.clients.issue_client("emr");
@@ -186,11 +198,9 @@ fn a_registered_client_certificate_identifies_its_client() {
         let result = pki.get(&mediary, "/private/x", Some(&cert));
         assert!(result.is_err(), "{what} was answered: {result:?}");
     }
-    assert_eq!(
-        upstream.requests().len(),
-        1,
-        "only the known client got through"
-    );
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2, "only the known client got through");
+    assert_eq!(seen[1].header_values("x-openhim-clientid"), vec!["emr"]);
 }
 
 #[test]
@@ -441,7 +451,21 @@ fn hs256_tokens_identify_their_subject_and_bad_ones_are_refused() {
         .settled_transaction(&reply.transaction_id(), Duration::from_secs(10));
     assert_eq!(tx["clientID"], "emr", "{tx}");
 
+    // An audience among several is enough.
+    let mut audiences = claims("emr");
+    audiences["aud"] = json!(["another-service", AUDIENCE]);
+    assert_eq!(
+        bearer(&mediary, &hs256(&audiences)),
+        200,
+        "one of the audiences"
+    );
+    upstream.wait_for_requests(2, Duration::from_secs(5));
+
     let expired = json!({"sub": "emr", "aud": AUDIENCE, "iat": now() - 7200, "exp": now() - 3600});
+    let mut not_yet = claims("emr");
+    not_yet["nbf"] = json!(now() + 3600);
+    let mut no_audience = claims("emr");
+    no_audience.as_object_mut().unwrap().remove("aud");
     let mut wrong_audience = claims("emr");
     wrong_audience["aud"] = json!("someone-else");
     let mut no_exp = claims("emr");
@@ -457,6 +481,8 @@ fn hs256_tokens_identify_their_subject_and_bad_ones_are_refused() {
         ("alg none", unsigned(&claims("emr"))),
         ("wrong audience", hs256(&wrong_audience)),
         ("no exp", hs256(&no_exp)),
+        ("not yet valid", hs256(&not_yet)),
+        ("no audience", hs256(&no_audience)),
         ("another secret", other_secret),
         ("unknown subject", hs256(&claims("nobody"))),
         (
@@ -469,9 +495,20 @@ fn hs256_tokens_identify_their_subject_and_bad_ones_are_refused() {
     }
     assert_eq!(
         upstream.requests().len(),
-        1,
-        "only the valid token got through"
+        2,
+        "only the valid tokens got through"
     );
+    // Each was refused for what it is: eight bad tokens, one unknown subject (the client the
+    // channel does not allow is the channel's refusal, not the token's).
+    let metrics = mediary.api().metrics();
+    let failures = |mechanism: &str, reason: &str| {
+        metrics.value(
+            "mediary_auth_failures_total",
+            &[("mechanism", mechanism), ("reason", reason)],
+        )
+    };
+    assert_eq!(failures("jwt", "invalid-token"), 8.0);
+    assert_eq!(failures("jwt", "unknown-client"), 1.0);
 }
 
 #[test]
