@@ -162,7 +162,7 @@ fn a_registered_client_certificate_identifies_its_client() {
         .expect("a transaction ID");
     let tx = mediary
         .api()
-        .settled_transaction(&tx_id, Duration::from_secs(10));
+        .settled_transaction(tx_id, Duration::from_secs(10));
     assert_eq!(tx["clientID"], "emr", "{tx}");
 
     // TLS 1.2 identifies the client just the same.
