@@ -42,10 +42,14 @@ pub struct PeerIdentity {
     /// SHA-1 of the same certificate: only to match clients imported from OpenHIM, which records
     /// SHA-1 fingerprints.
     pub fingerprint_sha1: [u8; 20],
-    /// SHA-256 of each certificate authority the client's certificate chains to, nearest first
-    /// (the intermediates it presented, then the configured CA that anchors the chain): OpenHIM's
-    /// "in-chain" lookup identifies a client by the authority that issued its certificate.
+    /// SHA-256 of each certificate authority the client's certificate was verified through,
+    /// nearest first (the intermediates of the verified path, then the configured CA that anchors
+    /// it): OpenHIM's "in-chain" lookup identifies a client by the authority that issued its
+    /// certificate.
     pub issuers_sha256: Vec<[u8; 32]>,
+    /// SHA-1 of the same authorities, in the same order: only to match clients imported from
+    /// OpenHIM.
+    pub issuers_sha1: Vec<[u8; 20]>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -134,12 +138,13 @@ struct ClientCas {
 }
 
 /// A configured CA as a trust anchor (subject and public key, as webpki names an anchor), and the
-/// SHA-256 of its certificate.
+/// SHA-256 and SHA-1 of its certificate.
 #[derive(Debug, PartialEq, Eq)]
 struct Anchor {
     subject: Vec<u8>,
     spki: Vec<u8>,
     sha256: [u8; 32],
+    sha1: [u8; 20],
 }
 
 impl ClientCas {
@@ -156,6 +161,7 @@ impl ClientCas {
                     subject: anchor.subject.as_ref().to_vec(),
                     spki: anchor.subject_public_key_info.as_ref().to_vec(),
                     sha256: sha256(&cert),
+                    sha1: sha1::Sha1::digest(&cert).into(),
                 });
                 roots.add(cert).map_err(|e| unusable(&e))?;
             }
@@ -358,14 +364,17 @@ impl Acceptor {
 
 fn peer_identity(certs: &[CertificateDer<'_>], cas: &ClientCas) -> Option<PeerIdentity> {
     let leaf = certs.first()?;
+    let (issuers_sha256, issuers_sha1) =
+        verified_issuers(leaf, &certs[1..], cas).into_iter().unzip();
     Some(PeerIdentity {
         fingerprint_sha256: sha256(leaf),
         fingerprint_sha1: sha1::Sha1::digest(leaf.as_ref()).into(),
-        issuers_sha256: verified_issuers(leaf, &certs[1..], cas),
+        issuers_sha256,
+        issuers_sha1,
     })
 }
 
-/// SHA-256 of the authorities `leaf` was verified through, nearest first: the intermediates of the
+/// SHA-256 and SHA-1 of the authorities `leaf` was verified through, nearest first: the intermediates of the
 /// path the handshake verified, then its trust anchor. The path is built again here (rustls does
 /// not tell which one it found) because the client may send any certificates along, CA
 /// certificates being public: only those its certificate really chains through may identify it.
@@ -373,7 +382,7 @@ fn verified_issuers(
     leaf: &CertificateDer<'_>,
     presented: &[CertificateDer<'_>],
     cas: &ClientCas,
-) -> Vec<[u8; 32]> {
+) -> Vec<([u8; 32], [u8; 20])> {
     let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
         return Vec::new();
     };
@@ -390,15 +399,18 @@ fn verified_issuers(
         // The handshake verified it a moment ago; only a certificate expiring in between gets here.
         return Vec::new();
     };
-    let mut issuers: Vec<[u8; 32]> = path
+    let mut issuers: Vec<([u8; 32], [u8; 20])> = path
         .intermediate_certificates()
-        .map(|c| sha256(&c.der()))
+        .map(|c| {
+            let der = c.der();
+            (sha256(&der), sha1::Sha1::digest(&der).into())
+        })
         .collect();
     let anchor = path.anchor();
     if let Some(configured) = cas.anchors.iter().find(|a| {
         a.subject == anchor.subject.as_ref() && a.spki == anchor.subject_public_key_info.as_ref()
     }) {
-        issuers.push(configured.sha256);
+        issuers.push((configured.sha256, configured.sha1));
     }
     issuers
 }
@@ -732,6 +744,10 @@ mod tests {
                 <[u8; 20]>::from(sha1::Sha1::digest(&der))
             );
             assert_eq!(identity.issuers_sha256, vec![sha256(client_ca.0.der())]);
+            assert_eq!(
+                identity.issuers_sha1,
+                vec![<[u8; 20]>::from(sha1::Sha1::digest(client_ca.0.der()))]
+            );
         }
         // No certificate: still served, without an identity.
         let (_, identity) = handshake(&server, &server_ca, None, BOTH)

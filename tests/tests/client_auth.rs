@@ -326,6 +326,52 @@ fn in_chain_lookup_names_the_nearest_registered_authority_through_intermediates(
 }
 
 #[test]
+fn in_chain_lookup_tries_the_certificate_itself_first_and_openhim_sha1_authorities() {
+    // OpenHIM's in-chain lookup looks for the certificate's own fingerprint first, then walks up
+    // the chain; its fingerprints are SHA-1.
+    let pki = Pki::new();
+    let imported_ca = TestCa::new("imported client CA");
+    let upstream = Upstream::echo();
+    let mediary = pki.start(
+        "mutual_tls_lookup = \"in-chain\"",
+        &[&imported_ca],
+        &private_channel(&["own", "ca", "imported"], &upstream),
+    );
+    let own = pki.clients.issue_client("own");
+    create_client(
+        &mediary,
+        json!({"clientID": "own", "name": "Own", "certFingerprint": hex(&own.sha256())}),
+    );
+    create_client(
+        &mediary,
+        json!({"clientID": "ca", "name": "CA", "certFingerprint": hex(&pki.clients.sha256())}),
+    );
+    let ca_sha1: [u8; 20] = {
+        use sha1::Digest as _;
+        sha1::Sha1::digest(imported_ca.der()).into()
+    };
+    create_client(
+        &mediary,
+        json!({"clientID": "imported", "name": "Imported", "certFingerprint": openhim_hex(&ca_sha1)}),
+    );
+
+    for cert in [
+        own,
+        pki.clients.issue_client("other"),
+        imported_ca.issue_client("x"),
+    ] {
+        let reply = pki.served(&mediary, "/private/x", Some(&cert));
+        assert_eq!(reply.status, 200, "{}\n{}", reply.body, mediary.logs());
+    }
+    let ids: Vec<_> = upstream
+        .wait_for_requests(3, Duration::from_secs(5))
+        .iter()
+        .map(|r| r.header_values("x-openhim-clientid").join(","))
+        .collect();
+    assert_eq!(ids, ["own", "ca", "imported"]);
+}
+
+#[test]
 fn with_mutual_tls_off_a_certificate_identifies_nobody() {
     let pki = Pki::new();
     let upstream = Upstream::echo();
