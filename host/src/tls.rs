@@ -362,10 +362,18 @@ impl Acceptor {
     }
 }
 
+/// The identity of a client certificate that verifies now against `cas`: `None` when it does not.
+/// A full handshake has just verified it, but a resumed one has not (rustls carries the certificate
+/// over from the original session), and since then it may have expired or its CA been withdrawn.
 fn peer_identity(certs: &[CertificateDer<'_>], cas: &ClientCas) -> Option<PeerIdentity> {
     let leaf = certs.first()?;
-    let (issuers_sha256, issuers_sha1) =
-        verified_issuers(leaf, &certs[1..], cas).into_iter().unzip();
+    let Some(issuers) = verified_issuers(leaf, &certs[1..], cas) else {
+        tracing::info!(
+            "A resumed TLS session's client certificate no longer verifies; it identifies nobody."
+        );
+        return None;
+    };
+    let (issuers_sha256, issuers_sha1) = issuers.into_iter().unzip();
     Some(PeerIdentity {
         fingerprint_sha256: sha256(leaf),
         fingerprint_sha1: sha1::Sha1::digest(leaf.as_ref()).into(),
@@ -374,31 +382,28 @@ fn peer_identity(certs: &[CertificateDer<'_>], cas: &ClientCas) -> Option<PeerId
     })
 }
 
-/// SHA-256 and SHA-1 of the authorities `leaf` was verified through, nearest first: the intermediates of the
-/// path the handshake verified, then its trust anchor. The path is built again here (rustls does
-/// not tell which one it found) because the client may send any certificates along, CA
-/// certificates being public: only those its certificate really chains through may identify it.
+/// SHA-256 and SHA-1 of the authorities `leaf` is verified through now, nearest first: the
+/// intermediates of its path, then its trust anchor; `None` if it does not verify. The path is
+/// built here (rustls does not tell which one it found) because the client may send any
+/// certificates along, CA certificates being public: only those its certificate really chains
+/// through may identify it.
 fn verified_issuers(
     leaf: &CertificateDer<'_>,
     presented: &[CertificateDer<'_>],
     cas: &ClientCas,
-) -> Vec<([u8; 32], [u8; 20])> {
-    let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
-        return Vec::new();
-    };
-    let path = end_entity.verify_for_usage(
-        provider().signature_verification_algorithms.all,
-        &cas.roots.roots,
-        presented,
-        rustls::pki_types::UnixTime::now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    );
-    let Ok(path) = path else {
-        // The handshake verified it a moment ago; only a certificate expiring in between gets here.
-        return Vec::new();
-    };
+) -> Option<Vec<([u8; 32], [u8; 20])>> {
+    let end_entity = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let path = end_entity
+        .verify_for_usage(
+            provider().signature_verification_algorithms.all,
+            &cas.roots.roots,
+            presented,
+            rustls::pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .ok()?;
     let mut issuers: Vec<([u8; 32], [u8; 20])> = path
         .intermediate_certificates()
         .map(|c| {
@@ -412,7 +417,7 @@ fn verified_issuers(
     }) {
         issuers.push((configured.sha256, configured.sha1));
     }
-    issuers
+    Some(issuers)
 }
 
 fn server_config(

@@ -145,6 +145,8 @@ pub struct HttpsReply {
     pub served_sha256: [u8; 32],
     /// The TLS version negotiated.
     pub version: rustls::ProtocolVersion,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 impl HttpsReply {
@@ -187,6 +189,16 @@ pub fn https_get_with(
     client: Option<&ServerCert>,
     versions: Versions,
 ) -> Result<HttpsReply, String> {
+    https_get_using(addr, path, headers, &https_client(ca, client, versions))
+}
+
+/// A TLS client configuration trusting `ca`, offering `versions` and presenting `client` if given.
+/// Connections made with one configuration ([`https_get_using`]) resume its sessions.
+pub fn https_client(
+    ca: &TestCa,
+    client: Option<&ServerCert>,
+    versions: Versions,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).expect("a root");
     let versions: &[&'static rustls::SupportedProtocolVersion] = match versions {
@@ -206,7 +218,18 @@ pub fn https_get_with(
             .expect("a usable client certificate"),
         None => builder.with_no_client_auth(),
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// One `GET path` with `headers` over a new HTTPS connection to `addr` (as `localhost`), made
+/// with `config` (see [`https_client`]).
+pub fn https_get_using(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<HttpsReply, String> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
@@ -232,6 +255,7 @@ pub fn https_get_with(
             .map(|c| sha2::Sha256::digest(c).into())
             .ok_or("no server certificate")?;
         let version = connection.protocol_version().ok_or("no TLS version")?;
+        let resumed = connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         stream
             .write_all(request.as_bytes())
             .await
@@ -262,6 +286,7 @@ pub fn https_get_with(
             body,
             served_sha256,
             version,
+            resumed,
         })
     })
 }

@@ -13,7 +13,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mediary_e2e::{
-    Client, HttpsReply, Mediary, ServerCert, TestCa, Upstream, Versions, https_get_with,
+    Client, HttpsReply, Mediary, ServerCert, TestCa, Upstream, Versions, eventually, https_client,
+    https_get_using, https_get_with,
 };
 use serde_json::{Value, json};
 
@@ -83,6 +84,11 @@ impl Pki {
     /// A Mediary serving HTTPS with `clients` as its client CA (and `more_cas`), `[auth]` settings
     /// `auth`, and `channels`. The API stays on plain HTTP for the fixture's client.
     fn start(&self, auth: &str, more_cas: &[&TestCa], channels: &str) -> Mediary {
+        self.start_with(auth, "", more_cas, channels)
+    }
+
+    /// [`Pki::start`] with more `[tls]` keys.
+    fn start_with(&self, auth: &str, tls: &str, more_cas: &[&TestCa], channels: &str) -> Mediary {
         let (cert_file, key_file) = self
             .server
             .issue(&["localhost"])
@@ -113,6 +119,7 @@ cert_file = {cert_file:?}
 key_file = {key_file:?}
 client_ca_files = {ca_files:?}
 api = false
+{tls}
 {channels}"#
         ))
         .start()
@@ -369,6 +376,59 @@ fn in_chain_lookup_tries_the_certificate_itself_first_and_openhim_sha1_authoriti
         .map(|r| r.header_values("x-openhim-clientid").join(","))
         .collect();
     assert_eq!(ids, ["own", "ca", "imported"]);
+}
+
+#[test]
+fn a_resumed_session_identifies_nobody_once_its_ca_is_withdrawn() {
+    let pki = Pki::new();
+    let upstream = Upstream::echo();
+    let mediary = pki.start_with(
+        "",
+        "reload_interval = \"100ms\"",
+        &[],
+        &private_channel(&["emr"], &upstream),
+    );
+    let addr = mediary.https_addr();
+    let cert = pki.clients.issue_client("emr");
+    create_client(
+        &mediary,
+        json!({"clientID": "emr", "name": "EMR", "certFingerprint": hex(&cert.sha256())}),
+    );
+    let sessions: Vec<_> = [Versions::Tls12, Versions::Tls13]
+        .into_iter()
+        .map(|versions| https_client(&pki.server, Some(&cert), versions))
+        .collect();
+    for config in &sessions {
+        for round in 0..2 {
+            let reply = https_get_using(addr, "/private/x", &[], config)
+                .unwrap_or_else(|e| panic!("{e}\n{}", mediary.logs()));
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert_eq!(reply.resumed, round == 1, "the second connection resumes");
+        }
+    }
+
+    // The operator withdraws the client CA.
+    std::fs::write(pki.dir.path().join("client-ca-0.pem"), pki.stranger.pem())
+        .expect("replace the client CA file");
+    eventually(
+        Duration::from_secs(10),
+        "new handshakes refuse the certificate",
+        || {
+            pki.get(&mediary, "/private/x", Some(&cert))
+                .is_err()
+                .then_some(())
+        },
+    );
+    let served = upstream.requests().len();
+    for config in &sessions {
+        // Resuming skips the certificate check of a full handshake: the session must not carry
+        // the identity of a certificate no longer trusted.
+        let reply = https_get_using(addr, "/private/x", &[], config)
+            .unwrap_or_else(|e| panic!("{e}\n{}", mediary.logs()));
+        assert!(reply.resumed, "the session was resumed");
+        assert_eq!(reply.status, 401, "{}", reply.body);
+    }
+    assert_eq!(upstream.requests().len(), served);
 }
 
 #[test]
