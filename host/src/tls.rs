@@ -13,7 +13,8 @@
 //! handshake fails: rustls's verifier decides during the handshake, and refusing a bad certificate
 //! outright is safer than serving the client as anonymous (it would then reach public channels
 //! while believing itself identified). A verified certificate becomes a [`PeerIdentity`], attached
-//! to every request of its connection.
+//! to every request of its connection, if it still verifies when the connection is served: a
+//! resumed session brings its certificate along unchecked, and its CA may have been withdrawn.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
