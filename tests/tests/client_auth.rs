@@ -188,6 +188,17 @@ fn a_registered_client_certificate_identifies_its_client() {
     let unregistered = pki.clients.issue_client("emr");
     let reply = pki.served(&mediary, "/private/x", Some(&unregistered));
     assert_eq!(reply.status, 401, "{}", reply.body);
+    let metrics = mediary.api().metrics();
+    assert_eq!(
+        metrics.value(
+            "mediary_auth_failures_total",
+            &[
+                ("mechanism", "mutual-tls"),
+                ("reason", "unknown-certificate")
+            ]
+        ),
+        1.0
+    );
 
     // No certificate at all: a private channel challenges for basic credentials.
     let reply = pki.served(&mediary, "/private/x", None);
