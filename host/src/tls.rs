@@ -143,6 +143,8 @@ struct ClientCas {
 #[derive(Debug, PartialEq, Eq)]
 struct Anchor {
     subject: Vec<u8>,
+    /// The issuer's name (as webpki encodes names): the same as `subject` when self-issued.
+    issuer: Vec<u8>,
     spki: Vec<u8>,
     sha256: [u8; 32],
     sha1: [u8; 20],
@@ -158,8 +160,13 @@ impl ClientCas {
                     format!("{}: not a usable CA certificate: {e}", file.display())
                 };
                 let anchor = webpki::anchor_from_trusted_cert(&cert).map_err(|e| unusable(&e))?;
+                let subject = anchor.subject.as_ref().to_vec();
+                let issuer = webpki::EndEntityCert::try_from(&cert)
+                    .map(|c| c.issuer().to_vec())
+                    .unwrap_or_else(|_| subject.clone());
                 anchors.push(Anchor {
-                    subject: anchor.subject.as_ref().to_vec(),
+                    subject,
+                    issuer,
                     spki: anchor.subject_public_key_info.as_ref().to_vec(),
                     sha256: sha256(&cert),
                     sha1: sha1::Sha1::digest(&cert).into(),
@@ -384,7 +391,8 @@ fn peer_identity(certs: &[CertificateDer<'_>], cas: &ClientCas) -> Option<PeerId
 }
 
 /// SHA-256 and SHA-1 of the authorities `leaf` is verified through now, nearest first: the
-/// intermediates of its path, then its trust anchor; `None` if it does not verify. The path is
+/// intermediates of its path, its trust anchor, then the configured CAs above that anchor; `None`
+/// if it does not verify. The path is
 /// built here (rustls does not tell which one it found) because the client may send any
 /// certificates along, CA certificates being public: only those its certificate really chains
 /// through may identify it.
@@ -413,10 +421,19 @@ fn verified_issuers(
         })
         .collect();
     let anchor = path.anchor();
-    if let Some(configured) = cas.anchors.iter().find(|a| {
+    let mut next = cas.anchors.iter().find(|a| {
         a.subject == anchor.subject.as_ref() && a.spki == anchor.subject_public_key_info.as_ref()
-    }) {
+    });
+    // Then up through the configured CAs (an intermediate configured beside its root anchors the
+    // chain itself), by issuer name as OpenHIM walks its keystore: all of them are trusted alike.
+    while let Some(configured) = next {
+        if issuers.contains(&(configured.sha256, configured.sha1)) {
+            break;
+        }
         issuers.push((configured.sha256, configured.sha1));
+        next = (configured.issuer != configured.subject)
+            .then(|| cas.anchors.iter().find(|a| a.subject == configured.issuer))
+            .flatten();
     }
     Some(issuers)
 }

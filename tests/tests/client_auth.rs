@@ -344,6 +344,37 @@ fn in_chain_lookup_names_the_nearest_registered_authority_through_intermediates(
 }
 
 #[test]
+fn in_chain_lookup_walks_up_through_configured_authorities() {
+    // An operator's CA bundle often holds the intermediate beside its root: the chain then ends
+    // at the intermediate, and the root above it still names the client (as in OpenHIM, which
+    // walks up its keystore's CAs).
+    let pki = Pki::new();
+    let department = pki.clients.intermediate("department CA");
+    let upstream = Upstream::echo();
+    let mediary = pki.start(
+        "mutual_tls_lookup = \"in-chain\"",
+        &[&department],
+        &private_channel(&["hospital"], &upstream),
+    );
+    create_client(
+        &mediary,
+        json!({"clientID": "hospital", "name": "Hospital", "certFingerprint": hex(&pki.clients.sha256())}),
+    );
+    let reply = pki.served(
+        &mediary,
+        "/private/x",
+        Some(&department.issue_client("ward")),
+    );
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, mediary.logs());
+    assert_eq!(
+        upstream
+            .single_request()
+            .header_values("x-openhim-clientid"),
+        vec!["hospital"]
+    );
+}
+
+#[test]
 fn in_chain_lookup_tries_the_certificate_itself_first_and_openhim_sha1_authorities() {
     // OpenHIM's in-chain lookup looks for the certificate's own fingerprint first, then walks up
     // the chain; its fingerprints are SHA-1.
