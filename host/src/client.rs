@@ -529,17 +529,31 @@ pub struct ClientDirectory {
 impl ClientDirectory {
     pub fn new(clients: impl IntoIterator<Item = Client>) -> ClientDirectory {
         let mut dir = ClientDirectory::default();
+        // The API refuses a second client with the same certificate or token, but stored or
+        // imported data may have one: the later client wins, and the operator is told.
+        let shared = |what: &str, old: Option<Arc<Client>>, new: &Client| {
+            if let Some(old) = old {
+                tracing::warn!(
+                    first = %old.client_id,
+                    second = %new.client_id,
+                    "Two clients have the same {what}; it identifies the second only."
+                );
+            }
+        };
         for client in clients {
             let client = Arc::new(client);
             if let Some(hash) = client.custom_token_sha256 {
-                dir.by_token.insert(hash, Arc::clone(&client));
+                let old = dir.by_token.insert(hash, Arc::clone(&client));
+                shared("customTokenID", old, &client);
             }
             match client.cert_fingerprint {
                 Some(Fingerprint::Sha256(fp)) => {
-                    dir.by_sha256.insert(fp, Arc::clone(&client));
+                    let old = dir.by_sha256.insert(fp, Arc::clone(&client));
+                    shared("certFingerprint", old, &client);
                 }
                 Some(Fingerprint::Sha1(fp)) => {
-                    dir.by_sha1.insert(fp, Arc::clone(&client));
+                    let old = dir.by_sha1.insert(fp, Arc::clone(&client));
+                    shared("certFingerprint", old, &client);
                 }
                 None => {}
             }
