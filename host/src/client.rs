@@ -529,17 +529,31 @@ pub struct ClientDirectory {
 impl ClientDirectory {
     pub fn new(clients: impl IntoIterator<Item = Client>) -> ClientDirectory {
         let mut dir = ClientDirectory::default();
+        // The API refuses a second client with the same certificate or token, but stored or
+        // imported data may have one: the later client wins, and the operator is told.
+        let shared = |what: &str, old: Option<Arc<Client>>, new: &Client| {
+            if let Some(old) = old {
+                tracing::warn!(
+                    first = %old.client_id,
+                    second = %new.client_id,
+                    "Two clients have the same {what}; it identifies the second only."
+                );
+            }
+        };
         for client in clients {
             let client = Arc::new(client);
             if let Some(hash) = client.custom_token_sha256 {
-                dir.by_token.insert(hash, Arc::clone(&client));
+                let old = dir.by_token.insert(hash, Arc::clone(&client));
+                shared("customTokenID", old, &client);
             }
             match client.cert_fingerprint {
                 Some(Fingerprint::Sha256(fp)) => {
-                    dir.by_sha256.insert(fp, Arc::clone(&client));
+                    let old = dir.by_sha256.insert(fp, Arc::clone(&client));
+                    shared("certFingerprint", old, &client);
                 }
                 Some(Fingerprint::Sha1(fp)) => {
-                    dir.by_sha1.insert(fp, Arc::clone(&client));
+                    let old = dir.by_sha1.insert(fp, Arc::clone(&client));
+                    shared("certFingerprint", old, &client);
                 }
                 None => {}
             }
@@ -587,9 +601,14 @@ impl ClientDirectory {
     }
 
     /// The client whose `certFingerprint` is one of these authorities' (OpenHIM's in-chain lookup),
-    /// the nearest authority first.
-    pub fn by_issuer(&self, issuers: &[[u8; 32]]) -> Option<&Arc<Client>> {
-        issuers.iter().find_map(|fp| self.by_sha256.get(fp))
+    /// the nearest authority first: by SHA-256, or SHA-1 (`sha1`, the same authorities in the same
+    /// order) for clients imported from OpenHIM.
+    pub fn by_issuer(&self, sha256: &[[u8; 32]], sha1: &[[u8; 20]]) -> Option<&Arc<Client>> {
+        sha256.iter().enumerate().find_map(|(i, fp)| {
+            self.by_sha256
+                .get(fp)
+                .or_else(|| sha1.get(i).and_then(|fp| self.by_sha1.get(fp)))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -782,8 +801,17 @@ mod tests {
         );
         assert!(dir.by_certificate(&[0; 32], &[0; 20]).is_none());
         assert_eq!(
-            dir.by_issuer(&[[0; 32], [0x11; 32]]).unwrap().client_id,
+            dir.by_issuer(&[[0; 32], [0x11; 32]], &[[0; 20], [0; 20]])
+                .unwrap()
+                .client_id,
             "b"
+        );
+        // An imported SHA-1 authority, nearer than a SHA-256 one, is found first.
+        assert_eq!(
+            dir.by_issuer(&[[0; 32], [0x11; 32]], &[[0x22; 20], [0; 20]])
+                .unwrap()
+                .client_id,
+            "old"
         );
     }
 

@@ -13,7 +13,8 @@
 //! handshake fails: rustls's verifier decides during the handshake, and refusing a bad certificate
 //! outright is safer than serving the client as anonymous (it would then reach public channels
 //! while believing itself identified). A verified certificate becomes a [`PeerIdentity`], attached
-//! to every request of its connection.
+//! to every request of its connection, if it still verifies when the connection is served: a
+//! resumed session brings its certificate along unchecked, and its CA may have been withdrawn.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,10 +43,14 @@ pub struct PeerIdentity {
     /// SHA-1 of the same certificate: only to match clients imported from OpenHIM, which records
     /// SHA-1 fingerprints.
     pub fingerprint_sha1: [u8; 20],
-    /// SHA-256 of each certificate authority the client's certificate chains to, nearest first
-    /// (the intermediates it presented, then the configured CA that anchors the chain): OpenHIM's
-    /// "in-chain" lookup identifies a client by the authority that issued its certificate.
+    /// SHA-256 of each certificate authority the client's certificate was verified through,
+    /// nearest first (the intermediates of the verified path, then the configured CA that anchors
+    /// it): OpenHIM's "in-chain" lookup identifies a client by the authority that issued its
+    /// certificate.
     pub issuers_sha256: Vec<[u8; 32]>,
+    /// SHA-1 of the same authorities, in the same order: only to match clients imported from
+    /// OpenHIM.
+    pub issuers_sha1: Vec<[u8; 20]>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -129,8 +134,20 @@ fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, String
 #[derive(Debug)]
 struct ClientCas {
     roots: Arc<RootCertStore>,
-    /// (subject name DER, SHA-256 of the certificate) of each CA.
-    anchors: Vec<(Vec<u8>, [u8; 32])>,
+    /// Each CA, to recognise it as a verified chain's trust anchor.
+    anchors: Vec<Anchor>,
+}
+
+/// A configured CA as a trust anchor (subject and public key, as webpki names an anchor), and the
+/// SHA-256 and SHA-1 of its certificate.
+#[derive(Debug, PartialEq, Eq)]
+struct Anchor {
+    subject: Vec<u8>,
+    /// The issuer's name (as webpki encodes names): the same as `subject` when self-issued.
+    issuer: Vec<u8>,
+    spki: Vec<u8>,
+    sha256: [u8; 32],
+    sha1: [u8; 20],
 }
 
 impl ClientCas {
@@ -139,12 +156,22 @@ impl ClientCas {
         let mut anchors = Vec::new();
         for file in files {
             for cert in read_certificates(file)? {
-                let subject = subject_of(&cert)
-                    .ok_or_else(|| format!("{}: a certificate does not parse", file.display()))?;
-                anchors.push((subject, sha256(&cert)));
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", file.display()))?;
+                let unusable = |e: &dyn std::fmt::Display| {
+                    format!("{}: not a usable CA certificate: {e}", file.display())
+                };
+                let anchor = webpki::anchor_from_trusted_cert(&cert).map_err(|e| unusable(&e))?;
+                let subject = anchor.subject.as_ref().to_vec();
+                let issuer = webpki::EndEntityCert::try_from(&cert)
+                    .map(|c| c.issuer().to_vec())
+                    .unwrap_or_else(|_| subject.clone());
+                anchors.push(Anchor {
+                    subject,
+                    issuer,
+                    spki: anchor.subject_public_key_info.as_ref().to_vec(),
+                    sha256: sha256(&cert),
+                    sha1: sha1::Sha1::digest(&cert).into(),
+                });
+                roots.add(cert).map_err(|e| unusable(&e))?;
             }
         }
         Ok(ClientCas {
@@ -152,16 +179,6 @@ impl ClientCas {
             anchors,
         })
     }
-}
-
-fn subject_of(cert: &[u8]) -> Option<Vec<u8>> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    Some(parsed.subject().as_raw().to_vec())
-}
-
-fn issuer_of(cert: &[u8]) -> Option<Vec<u8>> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    Some(parsed.issuer().as_raw().to_vec())
 }
 
 /// What the files said at one moment: the certificate and the client CAs.
@@ -353,28 +370,72 @@ impl Acceptor {
     }
 }
 
+/// The identity of a client certificate that verifies now against `cas`: `None` when it does not.
+/// A full handshake has just verified it, but a resumed one has not (rustls carries the certificate
+/// over from the original session), and since then it may have expired or its CA been withdrawn.
 fn peer_identity(certs: &[CertificateDer<'_>], cas: &ClientCas) -> Option<PeerIdentity> {
     let leaf = certs.first()?;
-    let mut issuers: Vec<[u8; 32]> = certs[1..].iter().map(|c| sha256(c)).collect();
-    // The configured CA that anchors the chain: the one whose subject is the last presented
-    // certificate's issuer (unless the client sent that CA itself).
-    let last = certs.last()?;
-    if let Some(issuer) = issuer_of(last) {
-        let anchor = cas
-            .anchors
-            .iter()
-            .find(|(subject, hash)| *subject == issuer && !issuers.contains(hash));
-        if let Some((_, hash)) = anchor
-            && sha256(last) != *hash
-        {
-            issuers.push(*hash);
-        }
-    }
+    let Some(issuers) = verified_issuers(leaf, &certs[1..], cas) else {
+        tracing::info!(
+            "A resumed TLS session's client certificate no longer verifies; it identifies nobody."
+        );
+        return None;
+    };
+    let (issuers_sha256, issuers_sha1) = issuers.into_iter().unzip();
     Some(PeerIdentity {
         fingerprint_sha256: sha256(leaf),
         fingerprint_sha1: sha1::Sha1::digest(leaf.as_ref()).into(),
-        issuers_sha256: issuers,
+        issuers_sha256,
+        issuers_sha1,
     })
+}
+
+/// SHA-256 and SHA-1 of the authorities `leaf` is verified through now, nearest first: the
+/// intermediates of its path, its trust anchor, then the configured CAs above that anchor; `None`
+/// if it does not verify. The path is
+/// built here (rustls does not tell which one it found) because the client may send any
+/// certificates along, CA certificates being public: only those its certificate really chains
+/// through may identify it.
+fn verified_issuers(
+    leaf: &CertificateDer<'_>,
+    presented: &[CertificateDer<'_>],
+    cas: &ClientCas,
+) -> Option<Vec<([u8; 32], [u8; 20])>> {
+    let end_entity = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let path = end_entity
+        .verify_for_usage(
+            provider().signature_verification_algorithms.all,
+            &cas.roots.roots,
+            presented,
+            rustls::pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .ok()?;
+    let mut issuers: Vec<([u8; 32], [u8; 20])> = path
+        .intermediate_certificates()
+        .map(|c| {
+            let der = c.der();
+            (sha256(&der), sha1::Sha1::digest(&der).into())
+        })
+        .collect();
+    let anchor = path.anchor();
+    let mut next = cas.anchors.iter().find(|a| {
+        a.subject == anchor.subject.as_ref() && a.spki == anchor.subject_public_key_info.as_ref()
+    });
+    // Then up through the configured CAs (an intermediate configured beside its root anchors the
+    // chain itself), by issuer name as OpenHIM walks its keystore: all of them are trusted alike.
+    while let Some(configured) = next {
+        if issuers.contains(&(configured.sha256, configured.sha1)) {
+            break;
+        }
+        issuers.push((configured.sha256, configured.sha1));
+        next = (configured.issuer != configured.subject)
+            .then(|| cas.anchors.iter().find(|a| a.subject == configured.issuer))
+            .flatten();
+    }
+    Some(issuers)
 }
 
 fn server_config(
@@ -706,6 +767,10 @@ mod tests {
                 <[u8; 20]>::from(sha1::Sha1::digest(&der))
             );
             assert_eq!(identity.issuers_sha256, vec![sha256(client_ca.0.der())]);
+            assert_eq!(
+                identity.issuers_sha1,
+                vec![<[u8; 20]>::from(sha1::Sha1::digest(client_ca.0.der()))]
+            );
         }
         // No certificate: still served, without an identity.
         let (_, identity) = handshake(&server, &server_ca, None, BOTH)

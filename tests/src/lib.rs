@@ -60,7 +60,10 @@ pub use mediary::{Finished, Launch, Mediary, ROOT_EMAIL, ROOT_PASSWORD};
 pub use metrics::Metrics;
 pub use raw::{RawConnection, RawResponse};
 pub use redis::{Redis, Sentinel};
-pub use tls::{HttpsReply, ServerCert, TestCa, Versions, https_get};
+pub use tls::{
+    HttpsReply, ServerCert, TestCa, Versions, https_client, https_get, https_get_using,
+    https_get_with,
+};
 pub use upstream::{Answer, Seen, Upstream};
 
 /// The runtime behind every upstream server and client call of the test

@@ -41,6 +41,11 @@ impl ServerCert {
         sha2::Sha256::digest(&self.chain[0]).into()
     }
 
+    /// SHA-1 of the (end-entity) certificate, as OpenHIM fingerprinted client certificates.
+    pub fn sha1(&self) -> [u8; 20] {
+        sha1::Sha1::digest(&self.chain[0]).into()
+    }
+
     /// Writes `<name>.pem` and `<name>.key` into `dir` (replacing them by rename, as certificate
     /// tooling does) and returns their paths.
     pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -63,6 +68,19 @@ impl TestCa {
         let key = KeyPair::generate().expect("a CA key");
         TestCa {
             issuer: CertifiedIssuer::self_signed(params, key).expect("a CA certificate"),
+        }
+    }
+
+    /// An intermediate CA that this one signs. What it issues chains to this CA only through its
+    /// certificate ([`TestCa::der`]), which a client must present along with its own.
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a CA key");
+        TestCa {
+            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)
+                .expect("an intermediate CA certificate"),
         }
     }
 
@@ -115,15 +133,31 @@ impl TestCa {
     }
 }
 
-/// What [`https_get`] got: the status, the body, and the certificate the server presented.
+/// What [`https_get`] got: the status, the headers, the body, and the certificate the server
+/// presented.
 #[derive(Debug)]
 pub struct HttpsReply {
     pub status: u16,
+    /// The response headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
     pub body: String,
     /// SHA-256 of the server's certificate.
     pub served_sha256: [u8; 32],
     /// The TLS version negotiated.
     pub version: rustls::ProtocolVersion,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
+}
+
+impl HttpsReply {
+    /// The first value of header `name` (any case), if there is one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The TLS versions [`https_get`] may offer.
@@ -143,6 +177,28 @@ pub fn https_get(
     client: Option<&ServerCert>,
     versions: Versions,
 ) -> Result<HttpsReply, String> {
+    https_get_with(addr, path, &[], ca, client, versions)
+}
+
+/// [`https_get`] with extra request `headers` (`Authorization`, say).
+pub fn https_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    ca: &TestCa,
+    client: Option<&ServerCert>,
+    versions: Versions,
+) -> Result<HttpsReply, String> {
+    https_get_using(addr, path, headers, &https_client(ca, client, versions))
+}
+
+/// A TLS client configuration trusting `ca`, offering `versions` and presenting `client` if given.
+/// Connections made with one configuration ([`https_get_using`]) resume its sessions.
+pub fn https_client(
+    ca: &TestCa,
+    client: Option<&ServerCert>,
+    versions: Versions,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).expect("a root");
     let versions: &[&'static rustls::SupportedProtocolVersion] = match versions {
@@ -162,8 +218,24 @@ pub fn https_get(
             .expect("a usable client certificate"),
         None => builder.with_no_client_auth(),
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    Arc::new(config)
+}
+
+/// One `GET path` with `headers` over a new HTTPS connection to `addr` (as `localhost`), made
+/// with `config` (see [`https_client`]).
+pub fn https_get_using(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<HttpsReply, String> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
     runtime().block_on(async move {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
@@ -183,6 +255,7 @@ pub fn https_get(
             .map(|c| sha2::Sha256::digest(c).into())
             .ok_or("no server certificate")?;
         let version = connection.protocol_version().ok_or("no TLS version")?;
+        let resumed = connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         stream
             .write_all(request.as_bytes())
             .await
@@ -199,15 +272,21 @@ pub fn https_get(
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let body = body.to_owned();
         Ok(HttpsReply {
             status,
+            headers,
             body,
             served_sha256,
             version,
+            resumed,
         })
     })
 }

@@ -197,19 +197,40 @@ async fn build(
     Ok(client)
 }
 
-/// 409 when another client has this clientID.
+/// 409 when another client has this clientID, certificate fingerprint or custom token: the proxy
+/// finds a client by each, and two clients sharing one would leave to chance which is identified.
 async fn check_unique(api: &Api, client: &Client, id: &str) -> Result<(), ApiError> {
     let existing = api.shared.store.list(Collection::Clients).await?;
-    let taken = existing.iter().find(|(other, doc)| {
-        other != id && doc.get("clientID").and_then(Value::as_str) == Some(&client.client_id)
-    });
-    match taken {
-        Some((other, _)) => Err(ApiError::Conflict(format!(
-            "A client with clientID `{}` already exists (`_id` {other}).",
-            client.client_id
-        ))),
-        None => Ok(()),
+    for (other, doc) in existing.iter().filter(|(other, _)| other != id) {
+        if doc.get("clientID").and_then(Value::as_str) == Some(&client.client_id) {
+            return Err(ApiError::Conflict(format!(
+                "A client with clientID `{}` already exists (`_id` {other}).",
+                client.client_id
+            )));
+        }
+        if client.cert_fingerprint.is_none() && client.custom_token_sha256.is_none() {
+            continue;
+        }
+        // Stored documents that do not parse identify nobody (the directory skips them too).
+        let Some(stored) = Client::parse(String::new(), doc, &mut FieldErrors::default()) else {
+            continue;
+        };
+        if client.cert_fingerprint.is_some() && stored.cert_fingerprint == client.cert_fingerprint {
+            return Err(ApiError::Conflict(format!(
+                "The client `{}` (`_id` {other}) already has this certFingerprint.",
+                stored.client_id
+            )));
+        }
+        if client.custom_token_sha256.is_some()
+            && stored.custom_token_sha256 == client.custom_token_sha256
+        {
+            return Err(ApiError::Conflict(format!(
+                "The client `{}` (`_id` {other}) already has this customTokenID.",
+                stored.client_id
+            )));
+        }
     }
+    Ok(())
 }
 
 /// The stored client `key` names.

@@ -257,7 +257,10 @@ impl ClientAuth {
                 CertLookup::Strict => {
                     clients.by_certificate(&peer.fingerprint_sha256, &peer.fingerprint_sha1)
                 }
-                CertLookup::InChain => clients.by_issuer(&peer.issuers_sha256),
+                // OpenHIM's in-chain looks for the certificate itself first, then walks up.
+                CertLookup::InChain => clients
+                    .by_certificate(&peer.fingerprint_sha256, &peer.fingerprint_sha1)
+                    .or_else(|| clients.by_issuer(&peer.issuers_sha256, &peer.issuers_sha1)),
             };
             match client {
                 Some(client) => {
@@ -995,6 +998,7 @@ mod tests {
             fingerprint_sha256: [7; 32],
             fingerprint_sha1: [0; 20],
             issuers_sha256: vec![],
+            issuers_sha1: vec![],
         };
         let cert = auth
             .authenticate(&dir, "c", &HeaderMap::new(), Some(&peer), here)
