@@ -82,6 +82,11 @@ impl PasswordChecker {
         self.run(move || Ok(verify_phc(&password, &hash))).await
     }
 
+    /// `password` hashed for storing (argon2id), in a slot of the pool like every check.
+    pub async fn hash(&self, password: String) -> Result<String, CheckError> {
+        self.run(move || hash_password(&password)).await
+    }
+
     /// Runs `work` (a hash or a check) on the blocking pool once a slot is free.
     pub async fn run<T: Send + 'static>(
         &self,

@@ -135,6 +135,11 @@ impl Authenticator {
         self.checker.prepare().await;
     }
 
+    /// `password` hashed for storing, bounded like the checks (each argon2 run holds ~19 MiB).
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.checker.hash(password).await.map_err(internal)
+    }
+
     /// The email of the user the request authenticates as.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         self.check(Credentials::from_headers(headers)?).await

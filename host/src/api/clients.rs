@@ -44,7 +44,6 @@ impl Key {
     }
 }
 
-// permission: client-view-all
 /// `GET /clients`: every client, in id order, without secrets.
 pub async fn list(api: &Api) -> Result<Reply, ApiError> {
     let clients: Vec<Value> = api
@@ -58,14 +57,12 @@ pub async fn list(api: &Api) -> Result<Reply, ApiError> {
     Ok(json_reply(StatusCode::OK, &clients))
 }
 
-// permission: client-view-all
 /// `GET /clients/:id`.
 pub async fn get(api: &Api, key: &str, by: Key) -> Result<Reply, ApiError> {
     let (_, client) = find(api, key, by).await?;
     Ok(json_reply(StatusCode::OK, &client.public()))
 }
 
-// permission: client-manage-all
 /// `POST /clients`: a new client with a fresh `_id`; 201 with the client.
 pub async fn create(api: &Api, body: Value) -> Result<Reply, ApiError> {
     let mut errors = FieldErrors::default();
@@ -76,7 +73,7 @@ pub async fn create(api: &Api, body: Value) -> Result<Reply, ApiError> {
     let input = ClientInput::split(body, &mut errors);
     let id = Uuid::new_v4().to_string();
     let _writing = api.channel_writes.lock().await;
-    let client = build(Map::new(), input, &id, &mut errors).await?;
+    let client = build(api, Map::new(), input, &id, &mut errors).await?;
     let store = &api.shared.store;
     check_unique(api, &client, &id).await?;
     store
@@ -87,7 +84,6 @@ pub async fn create(api: &Api, body: Value) -> Result<Reply, ApiError> {
     Ok(json_reply(StatusCode::CREATED, &client.public()))
 }
 
-// permission: client-manage-all
 /// `PUT /clients/:id`: OpenHIM's partial update. The body's fields replace the stored ones (`null`
 /// removes one); secrets not given are kept.
 pub async fn update(api: &Api, key: &str, by: Key, body: Value) -> Result<Reply, ApiError> {
@@ -104,7 +100,7 @@ pub async fn update(api: &Api, key: &str, by: Key, body: Value) -> Result<Reply,
         Value::Object(map) => map,
         _ => Map::new(),
     };
-    let client = build(stored, input, &id, &mut errors).await?;
+    let client = build(api, stored, input, &id, &mut errors).await?;
     check_unique(api, &client, &id).await?;
     api.shared
         .store
@@ -115,7 +111,6 @@ pub async fn update(api: &Api, key: &str, by: Key, body: Value) -> Result<Reply,
     Ok(json_reply(StatusCode::OK, &client.public()))
 }
 
-// permission: client-manage-all
 /// `DELETE /clients/:id`.
 pub async fn delete(api: &Api, key: &str, by: Key) -> Result<Reply, ApiError> {
     let _writing = api.channel_writes.lock().await;
@@ -134,6 +129,7 @@ pub async fn delete(api: &Api, key: &str, by: Key) -> Result<Reply, ApiError> {
 /// The stored document `stored` with `input` applied, checked whole. Plaintext secrets are hashed
 /// here (argon2 on the blocking pool).
 async fn build(
+    api: &Api,
     mut doc: Map<String, Value>,
     input: ClientInput,
     id: &str,
@@ -187,10 +183,7 @@ async fn build(
         _ => return Err(invalid(std::mem::take(errors))),
     };
     if let Some(Some(password)) = password {
-        let hash = tokio::task::spawn_blocking(move || crate::password::hash_password(&password))
-            .await
-            .map_err(|e| ApiError::Internal(format!("Hashing a password failed: {e}.")))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let hash = api.auth.hash(password).await?;
         client.password = Some(crate::client::StoredPassword::Argon2(hash));
     }
     client.id = id.to_owned();

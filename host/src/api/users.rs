@@ -12,7 +12,6 @@
 use http::StatusCode;
 use serde_json::{Map, Value};
 
-use super::auth::hash_password;
 use super::error::ApiError;
 use super::roles::{self, Permission, Principal};
 use super::{Api, Reply, json_reply};
@@ -80,7 +79,10 @@ pub async fn create(api: &Api, body: Value) -> Result<Reply, ApiError> {
     };
     doc.insert("email".into(), Value::String(email.clone()));
     if let Some(password) = password {
-        doc.insert("passwordHash".into(), Value::String(hash(password).await?));
+        doc.insert(
+            "passwordHash".into(),
+            Value::String(api.auth.hash(password).await?),
+        );
     }
     let doc = Value::Object(doc);
     if !api
@@ -140,7 +142,10 @@ pub async fn update(
     }
     doc.insert("email".into(), Value::String(id.clone()));
     if let Some(password) = password {
-        doc.insert("passwordHash".into(), Value::String(hash(password).await?));
+        doc.insert(
+            "passwordHash".into(),
+            Value::String(api.auth.hash(password).await?),
+        );
     }
     let doc = Value::Object(doc);
     api.shared
@@ -234,13 +239,6 @@ fn parse_email(value: &Value, errors: &mut FieldErrors) -> Option<String> {
             None
         }
     }
-}
-
-async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|error| ApiError::Internal(format!("Hashing a password failed: {error}.")))?
-        .map_err(|error| ApiError::Internal(error.0))
 }
 
 async fn find(api: &Api, email: &str) -> Result<(String, Value), ApiError> {
