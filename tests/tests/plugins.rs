@@ -128,6 +128,8 @@ fn router_sends_each_resource_type_to_its_route() {
     assert_eq!(uploaded["size"], size, "{uploaded}");
     assert_eq!(uploaded["uploadedBy"], ROOT_EMAIL, "{uploaded}");
     assert_eq!(uploaded["transforms"], false, "{uploaded}");
+    // Read from the component's producers sections: a Rust guest gets the compiled deadline.
+    assert_eq!(uploaded["language"], "rust", "{uploaded}");
     assert_eq!(uploaded["current"], true, "{uploaded}");
     assert_eq!(uploaded["created"], true, "{uploaded}");
     // The same bytes again are the same version, not a new one.

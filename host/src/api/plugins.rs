@@ -70,7 +70,7 @@ pub async fn upload(
             })?;
     super::channels::apply(api).await;
     let version = &uploaded.version;
-    tracing::info!(plugin = %name, version = version.version, sha256 = %version.sha256, created = uploaded.created, %user, "Plugin uploaded.");
+    tracing::info!(plugin = %name, version = version.version, sha256 = %version.sha256, language = version.language.as_deref().unwrap_or("other"), created = uploaded.created, %user, "Plugin uploaded.");
     let status = if uploaded.created {
         StatusCode::CREATED
     } else {

@@ -263,6 +263,11 @@ pub struct Plugins {
     pub epoch_tick: Duration,
     /// CPU time one plugin call may use (`plugin.deadlineMs`). Default 100 ms.
     pub deadline: Duration,
+    /// The same for plugins that carry an interpreter (JavaScript built with componentize-js,
+    /// Python built with componentize-py; see [`crate::plugin::Language`]), whose logic costs tens
+    /// of times the CPU of a compiled guest's. A channel's `plugin.deadlineMs` still wins. Default
+    /// 500 ms.
+    pub interpreted_deadline: Duration,
     /// Linear memory one plugin instance may use (`plugin.memoryLimit`). Default 64 MiB.
     pub memory_limit: u64,
     /// The most memory any channel may give its plugin: the size of each slot of the instance pool.
@@ -286,6 +291,17 @@ pub struct Plugins {
     pub outbound_max_response: u64,
     /// How often plugin files (`plugin.file`) are checked for changes. Default 1 s.
     pub watch_interval: Duration,
+}
+
+impl Plugins {
+    /// The CPU deadline of a plugin call when the channel sets none: interpreters get theirs.
+    pub fn default_deadline(&self, language: crate::plugin::Language) -> Duration {
+        if language.interpreted() {
+            self.interpreted_deadline
+        } else {
+            self.deadline
+        }
+    }
 }
 
 /// Everything wrong with a configuration file.
@@ -623,6 +639,7 @@ fn parse_plugins(value: &Value, data_dir: &Path, base: &Path, errors: &mut Field
         compile_timeout: f.duration("compile_timeout", Duration::from_secs(60)),
         epoch_tick: f.duration("epoch_tick", Duration::from_millis(1)),
         deadline: f.duration("deadline", Duration::from_millis(100)),
+        interpreted_deadline: f.duration("interpreted_deadline", Duration::from_millis(500)),
         memory_limit: f.size("memory_limit", 64 << 20),
         max_memory: f.size("max_memory", 256 << 20),
         max_instances: count(&mut f, "max_instances", 1000, 100_000),
@@ -644,8 +661,11 @@ fn parse_plugins(value: &Value, data_dir: &Path, base: &Path, errors: &mut Field
             "must be at most 4GiB (32-bit WebAssembly memories)",
         );
     }
-    if plugins.epoch_tick > plugins.deadline {
-        f.error("epoch_tick", "must be shorter than deadline");
+    if plugins.epoch_tick > plugins.deadline.min(plugins.interpreted_deadline) {
+        f.error(
+            "epoch_tick",
+            "must be shorter than deadline and interpreted_deadline",
+        );
     }
     f.finish();
     plugins

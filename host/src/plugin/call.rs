@@ -22,6 +22,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{router, transformer, types};
 use super::engine::{PluginEngine, describe};
+use super::guest::Language;
 use super::imports::{Call, Grants, HostState};
 use super::spec::{Isolation, PluginSpec};
 use crate::transaction::PluginRun;
@@ -101,6 +102,8 @@ impl std::error::Error for DeadlineExceeded {}
 pub struct Code {
     pub sha256: String,
     pub size: u64,
+    /// The language it was written in (from its producers sections).
+    pub language: Language,
     pub(super) pre: InstancePre<HostState>,
     pub(super) router: router::GuestIndices,
     pub(super) transformer: Option<transformer::GuestIndices>,
@@ -110,6 +113,7 @@ impl fmt::Debug for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Code")
             .field("sha256", &self.sha256)
+            .field("language", &self.language)
             .field("transforms", &self.transformer.is_some())
             .finish_non_exhaustive()
     }

@@ -2,6 +2,7 @@
 //!
 //! - [`spec`]: a channel's `plugin` field, parsed.
 //! - [`engine`]: the one wasmtime engine, the epoch ticker, compiling with a budget and a disk cache.
+//! - [`guest`]: which language built a component (interpreters get a longer default deadline).
 //! - [`bindings`]: the generated bindings (nothing else touches `bindgen!` output directly).
 //! - [`imports`]: the host side of the imports (log, config, kv, outbound-http, clock).
 //! - [`call`]: instances, isolation, deadlines, failures.
@@ -16,6 +17,7 @@
 pub mod bindings;
 pub mod call;
 pub mod engine;
+pub mod guest;
 pub mod imports;
 pub mod output;
 pub mod registry;
@@ -23,5 +25,6 @@ pub mod spec;
 
 pub use call::{BoundPlugin, CallEnv, Failure, Session};
 pub use engine::{LoadError, PluginEngine};
+pub use guest::Language;
 pub use registry::{PluginDocument, PluginVersion, Plugins, RollbackError, UploadError, Uploaded};
 pub use spec::{Isolation, LogLevel, OnPluginError, PluginSource, PluginSpec};

@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use super::bindings::{router, transformer};
 use super::call::{BoundPlugin, Code};
 use super::engine::{LoadError, PluginEngine, describe};
+use super::guest::Language;
 use super::imports::Grants;
 use super::spec::{PluginSource, PluginSpec};
 use crate::channel::Channel;
@@ -52,6 +53,10 @@ pub struct PluginVersion {
     pub uploaded_by: String,
     /// Whether it transforms responses (exports `transformer`) besides routing.
     pub transforms: bool,
+    /// The language it was written in, from its producers sections (`javascript`, `python`, `rust`,
+    /// `c`, `other`); absent in documents stored before Mediary recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 impl PluginDocument {
@@ -163,6 +168,7 @@ impl Plugins {
             return Ok(code);
         }
         let size = wasm.len() as u64;
+        let language = Language::of(&wasm);
         let component = self.engine.compile(wasm, sha256).await?;
         let pre = self
             .engine
@@ -192,6 +198,7 @@ impl Plugins {
         let code = Arc::new(Code {
             sha256: sha256.to_owned(),
             size,
+            language,
             pre,
             router,
             transformer,
@@ -242,6 +249,7 @@ impl Plugins {
                     uploaded_at: Timestamp::now(),
                     uploaded_by: by.to_owned(),
                     transforms,
+                    language: Some(code.language.as_str().to_owned()),
                 };
                 document.versions.push(version.clone());
                 Uploaded {
@@ -373,6 +381,9 @@ impl Plugins {
             outbound_max_calls: settings.outbound_max_calls,
             outbound_max_response: settings.outbound_max_response,
         });
+        let deadline = spec
+            .deadline
+            .unwrap_or_else(|| settings.default_deadline(code.language));
         let bound = Arc::new(BoundPlugin::new(
             Arc::clone(&self.engine),
             code,
@@ -380,7 +391,7 @@ impl Plugins {
             run,
             spec.clone(),
             isolation,
-            spec.deadline.unwrap_or(settings.deadline),
+            deadline,
             usize::try_from(memory_limit).unwrap_or(usize::MAX),
             spec.max_reuse.unwrap_or(settings.max_reuse),
             self.workers,
