@@ -181,6 +181,14 @@ class UploadError(Exception):
         return f"line {self.line}: {self.message}"
 
 
+# Unicode White_Space, what Rust's `str::trim` removes (`str.strip()` also takes U+001C..U+001F).
+WHITE_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+
+def trim(text: str) -> str:
+    return text.strip(WHITE_SPACE)
+
+
 def ascii_lower(text: str) -> str:
     return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
 
@@ -209,7 +217,7 @@ def parse_rows(text: str) -> List[Tuple[List[str], Union[int, float]]]:
             1, None, "the CSV is empty; it needs a header row and at least one result"
         )
     header_line, header = records[0]
-    names = [ascii_lower(name.strip()) for name in header]
+    names = [ascii_lower(trim(name)) for name in header]
     positions = []
     for column in COLUMNS:
         if column not in names:
@@ -224,7 +232,7 @@ def parse_rows(text: str) -> List[Tuple[List[str], Union[int, float]]]:
                 None,
                 f"expected {width} fields, as in the header row, found {len(record)}",
             )
-        fields = [record[p].strip() for p in positions]
+        fields = [trim(record[p]) for p in positions]
         for required in (PATIENT_ID, CODE, VALUE):
             if not fields[required]:
                 raise UploadError(line, COLUMNS[required], "is empty")
@@ -331,7 +339,7 @@ def is_upload(request: Request) -> bool:
     value = header(request.headers, "content-type")
     if value is None:
         return True
-    media_type = ascii_lower(value.split(";")[0].strip())
+    media_type = ascii_lower(trim(value.split(";")[0]))
     return media_type in ("text/csv", "application/csv")
 
 

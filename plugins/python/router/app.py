@@ -30,6 +30,8 @@ from wit_world.imports.types import (
 )
 
 SOURCES = ("path", "header", "body")
+# Unicode White_Space, what Rust's `str::trim` removes (`str.strip()` also takes U+001C..U+001F).
+WHITE_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
 KEYS = ("by", "header", "field", "routes", "fallback")
 
 
@@ -127,7 +129,7 @@ def resource_of(request: Request, s: Settings) -> Optional[str]:
     if s.by == "path":
         return resource_in_path(request.path)
     if s.by == "header":
-        value = (header(request, s.header) or "").strip()
+        value = (header(request, s.header) or "").strip(WHITE_SPACE)
         return value or None
     return string_field(request.body, s.field)
 

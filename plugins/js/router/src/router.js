@@ -17,6 +17,11 @@ import { all as allSettings } from 'mediary:plugin/config@0.1.0';
 
 const SOURCES = ['path', 'header', 'body'];
 const KEYS = ['by', 'header', 'field', 'routes', 'fallback'];
+// Rust's `str::trim`: Unicode White_Space at both ends (JavaScript's `trim` differs: it takes
+// U+FEFF and leaves U+0085).
+const WHITE_SPACE = '[\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';
+const EDGES = new RegExp(`^${WHITE_SPACE}+|${WHITE_SPACE}+$`, 'g');
+const trim = (text) => text.replace(EDGES, '');
 
 // The settings, checked on the instance's first request (they never change for an instance):
 // `{ ok: settings }` or `{ error: message }`.
@@ -103,7 +108,7 @@ function resourceOf(request, s) {
     case 'path':
       return resourceInPath(request.path);
     case 'header': {
-      const value = header(request, s.header)?.trim();
+      const value = trim(header(request, s.header) ?? '');
       return value ? value : undefined;
     }
     default:
