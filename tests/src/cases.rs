@@ -236,8 +236,10 @@ impl CaseFile {
                 ));
             }
         }
+        let heavy = crate::guests::heavy_work();
         let started = Instant::now();
         let mediary = Mediary::with_config(toml).start();
+        drop(heavy);
         eprintln!(
             "{language} {}: Mediary ready in {:.2} s ({} channels)",
             self.plugin,
@@ -268,6 +270,12 @@ impl CaseFile {
                         if let Some(expected) = case.expect.get("log") {
                             let record = api.settled_transaction(&reply.transaction_id(), SETTLE);
                             problems.extend(check_log(expected, &record["pluginLog"]));
+                            if record["plugin"]["isolation"] != *isolation {
+                                problems.push(format!(
+                                    "the record says the plugin ran with isolation {}",
+                                    record["plugin"]["isolation"]
+                                ));
+                            }
                         }
                         problems
                     }

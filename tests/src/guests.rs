@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime};
 
 /// The repository's root (the tests crate's parent folder).
@@ -35,6 +35,14 @@ pub fn python_plugin(name: &str) -> PathBuf {
     once(repo_root().join("plugins/python").join(name), build_python)
 }
 
+/// Held while a guest is built or a Mediary compiles components at start: each takes both cores of
+/// a small machine for seconds (a cold 12-18 MB component: 10-15 s of Cranelift), and two at once
+/// can push a Mediary past its 30 s start-up timeout.
+pub fn heavy_work() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Runs `build` for `dir` once per process; concurrent callers for the same folder wait for it.
 fn once(dir: PathBuf, build: fn(&Path) -> PathBuf) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<PathBuf, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
@@ -47,8 +55,10 @@ fn once(dir: PathBuf, build: fn(&Path) -> PathBuf) -> PathBuf {
         .clone();
     cell.get_or_init(|| {
         assert!(dir.is_dir(), "no plugin folder {}", dir.display());
+        let heavy = heavy_work();
         let started = Instant::now();
         let wasm = build(&dir);
+        drop(heavy);
         eprintln!(
             "plugin {} ready in {:.1} s: {} ({} bytes)",
             dir.display(),
