@@ -208,6 +208,11 @@ impl CaseFile {
     /// per isolation mode (`"reuse"`, `"per-request"`), all in one Mediary; panics listing every
     /// failure.
     pub fn run(&self, language: &str, component: &Path, isolations: &[&str]) {
+        self.run_with(language, component, isolations, "");
+    }
+
+    /// As [`CaseFile::run`], with more keys for Mediary's `[plugins]` table (`"max_instances = 1"`).
+    pub fn run_with(&self, language: &str, component: &Path, isolations: &[&str], plugins: &str) {
         let canned: Arc<Vec<Option<Canned>>> =
             Arc::new(self.cases.iter().map(|c| c.upstream.clone()).collect());
         let upstreams: Vec<(String, Upstream)> = self
@@ -222,7 +227,7 @@ impl CaseFile {
             .collect();
 
         let mut toml = format!(
-            "[plugins]\ncache_dir = {}\n",
+            "[plugins]\ncache_dir = {}\n{plugins}\n",
             Value::from(cache_dir().to_string_lossy().as_ref())
         );
         for isolation in isolations {
@@ -250,6 +255,7 @@ impl CaseFile {
         let client = Client::new();
 
         let mut failures = Vec::new();
+        let mut failed = Vec::new();
         for isolation in isolations {
             for (i, case) in self.cases.iter().enumerate() {
                 let key = key(isolation, i);
@@ -280,6 +286,9 @@ impl CaseFile {
                         problems
                     }
                 };
+                if !problems.is_empty() {
+                    failed.push((isolation, i));
+                }
                 for problem in problems {
                     failures.push(format!(
                         "[{language}, {isolation}] {}: {problem}",
@@ -288,10 +297,11 @@ impl CaseFile {
                 }
             }
         }
+        failed.dedup();
         assert!(
             failures.is_empty(),
             "{} of the {} cases of {} failed for {language} ({}):\n  {}",
-            failures.len(),
+            failed.len(),
             self.cases.len() * isolations.len(),
             self.path.display(),
             component.display(),

@@ -46,3 +46,15 @@ fn lab_csv_in_python() {
 fn lab_csv_in_javascript() {
     CaseFile::load("lab-csv").run("JavaScript", &js_plugin("lab-csv"), &ISOLATIONS);
 }
+
+/// A componentize-py component instantiates 14 core modules (JavaScript 4, Rust 3): the instance
+/// pool must hold them even when it has room for a single plugin instance.
+#[test]
+fn python_fits_a_pool_of_one_instance() {
+    CaseFile::load("router").run_with(
+        "Python",
+        &python_plugin("router"),
+        &["per-request"],
+        "max_instances = 1",
+    );
+}
