@@ -2,12 +2,12 @@
 //! by their folders' conventions, at most once per test process and folder, and gives the
 //! component's path.
 //!
-//! - JavaScript: `npm ci` (skipped when `node_modules` is there), then `npm run build`; the
-//!   component is the one `.wasm` in `dist/`.
+//! - JavaScript: `npm ci` (skipped when `node_modules` is newer than `package-lock.json`), then
+//!   `npm run build`; the component is the one `.wasm` in `dist/`.
 //! - Python: `python3 -m venv .venv` and `.venv/bin/pip install -r requirements.txt` (skipped when
-//!   the venv already has `componentize-py`), then `.venv/bin/componentize-py -d <wit> -w <world>
-//!   componentize <module> -o dist/<folder name>.wasm`, with `wit`, `world` and `module` from
-//!   `pyproject.toml`'s `[tool.mediary]` table.
+//!   the venv's `componentize-py` is newer than `requirements.txt`), then
+//!   `.venv/bin/componentize-py -d <wit> -w <world> componentize <module> -o dist/<folder>.wasm`,
+//!   with `wit`, `world` and `module` from `pyproject.toml`'s `[tool.mediary]` table.
 //!
 //! A component newer than every source file of its folder (and `wit/`) is not built again, so a
 //! re-run costs nothing and Mediary's compile cache, keyed by the component's digest, still holds.
@@ -77,7 +77,11 @@ fn build_js(dir: &Path) -> PathBuf {
         return wasm;
     }
     const NODE: &str = "install Node.js 20 or later (with npm) to build the JavaScript plugins";
-    if !dir.join("node_modules").is_dir() {
+    // npm writes node_modules/.package-lock.json at every install: older than the lock, stale.
+    if !newer_than(
+        &dir.join("node_modules/.package-lock.json"),
+        &dir.join("package-lock.json"),
+    ) {
         run(Command::new("npm").arg("ci").current_dir(dir), NODE);
     }
     run(
@@ -117,7 +121,7 @@ fn build_python(dir: &Path) -> PathBuf {
         "install Python 3.11 or later (with venv and pip) to build the Python plugins";
     let venv = dir.join(".venv");
     let componentize = venv.join("bin/componentize-py");
-    if !componentize.is_file() {
+    if !newer_than(&componentize, &dir.join("requirements.txt")) {
         run(
             Command::new("python3")
                 .args(["-m", "venv"])
@@ -177,6 +181,16 @@ fn tool_mediary(pyproject: &str, key: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether `path` exists and was modified after `than` (or `than` does not exist).
+fn newer_than(path: &Path, than: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(path), modified(than)) {
+        (Some(path), Some(than)) => path > than,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 /// The only `.wasm` file in `dist`, if there is exactly one.
