@@ -9,7 +9,7 @@
 //!
 //! Compiled components are cached in `target/plugin-cache-tests` (see [`cache_dir`]), shared by
 //! every test process: a 12–18 MB JavaScript or Python component is compiled by Cranelift once per
-//! build of it, not in every test.
+//! build of it, not in every test; artifacts of components that are gone are removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +85,60 @@ pub fn cache_dir() -> PathBuf {
         .nth(3)
         .expect("the test binary lives in target/<profile>/deps");
     target.join("plugin-cache-tests")
+}
+
+/// Removes the compiled code of components that no longer exist from [`cache_dir`], once per
+/// process, before any test uses it. componentize-js and componentize-py do not build
+/// reproducibly: every rebuild of a guest is a new digest and leaves a 35 MB artifact behind.
+/// Kept: the Rust plugins `build.rs` made and every `.wasm` now in `plugins/{js,python}/*/dist`.
+fn prune_cache() {
+    static PRUNED: std::sync::Once = std::sync::Once::new();
+    PRUNED.call_once(|| {
+        use sha2::{Digest as _, Sha256};
+        let root = crate::guests::repo_root().join("plugins");
+        let mut components: Vec<PathBuf> = [
+            crate::plugins::ROUTER,
+            crate::plugins::LAB_CSV,
+            crate::plugins::GUARD,
+            crate::plugins::TEST_MISBEHAVE,
+            crate::plugins::TEST_PROBE,
+            crate::plugins::TEST_TAG_A,
+            crate::plugins::TEST_TAG_B,
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        for language in ["js", "python"] {
+            let plugins = std::fs::read_dir(root.join(language)).into_iter().flatten();
+            for plugin in plugins.filter_map(Result::ok) {
+                let dist = std::fs::read_dir(plugin.path().join("dist"))
+                    .into_iter()
+                    .flatten();
+                components.extend(
+                    dist.filter_map(Result::ok)
+                        .map(|entry| entry.path())
+                        .filter(|path| path.extension().is_some_and(|e| e == "wasm")),
+                );
+            }
+        }
+        let kept: Vec<String> = components
+            .iter()
+            .filter_map(|path| std::fs::read(path).ok())
+            .map(|bytes| {
+                Sha256::digest(&bytes)
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect()
+            })
+            .collect();
+        let cached = std::fs::read_dir(cache_dir()).into_iter().flatten();
+        for entry in cached.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".cwasm") && !kept.iter().any(|digest| name.starts_with(digest)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    });
 }
 
 impl CaseFile {
@@ -241,6 +295,7 @@ impl CaseFile {
                 ));
             }
         }
+        prune_cache();
         let heavy = crate::guests::heavy_work();
         let started = Instant::now();
         let mediary = Mediary::with_config(toml).start();
