@@ -63,7 +63,7 @@ pub struct Canned {
 }
 
 /// The keys `expect` may have; any other is a mistake in the file.
-const EXPECT_KEYS: [&str; 9] = [
+const EXPECT_KEYS: [&str; 8] = [
     "route",
     "status",
     "body",
@@ -72,7 +72,6 @@ const EXPECT_KEYS: [&str; 9] = [
     "absentHeaders",
     "upstreamRequest",
     "log",
-    "comment",
 ];
 
 /// Where compiled plugins are cached for every test process: `plugin-cache-tests` in the target
