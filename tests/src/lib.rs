@@ -26,6 +26,8 @@
 //! - [`raw`]: [`RawConnection`], bytes over TCP for malformed or stalled requests.
 //! - [`linux`]: what `/proc` says about the child's threads and this process's cores.
 //! - [`plugins`]: the paths of the plugin components, built from `plugins/` by `build.rs`.
+//! - [`guests`]: builds the JavaScript and Python example plugins (`plugins/js`, `plugins/python`).
+//! - [`cases`]: the plugins' shared test cases (`plugins/cases/*.json`), run through a Mediary.
 //! - [`redis`]: [`Redis`] and [`Sentinel`], real `redis-server` processes (kill -9, restart,
 //!   SIGSTOP, replicas, failover).
 //! - [`balancer`]: [`Balancer`], a real HAProxy round-robin in front of several servers.
@@ -40,7 +42,9 @@ use std::time::{Duration, Instant};
 pub mod api;
 pub mod balancer;
 pub mod binary;
+pub mod cases;
 pub mod client;
+pub mod guests;
 pub mod linux;
 pub mod load;
 pub mod mediary;

@@ -73,8 +73,13 @@ impl PluginEngine {
         let instances = settings.max_instances;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(instances)
-            // A Rust component has one core module plus the small shims wit-component adds.
-            .total_core_instances(instances.saturating_mul(4))
+            // Core instances per plugin instance, counted in the example plugins' components: Rust
+            // 3 (the module and wit-component's shims), JavaScript (componentize-js 0.23.0) 4,
+            // Python (componentize-py 0.25.1: libc, libpython and its other shared libraries,
+            // adapters, shims) 14. At 4 per instance a Python plugin could not instantiate at all
+            // with `max_instances` up to 3, and at most 285 were alive of 1000. This is a counter,
+            // not a reservation: instance metadata is allocated per live instance.
+            .total_core_instances(instances.saturating_mul(16))
             .total_memories(instances.saturating_mul(2))
             .total_tables(instances.saturating_mul(4))
             .total_stacks(instances)
