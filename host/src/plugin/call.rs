@@ -21,7 +21,7 @@ use wasmtime::component::InstancePre;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{router, transformer, types};
-use super::engine::{PluginEngine, describe};
+use super::engine::{PluginEngine, TickerUse, describe};
 use super::guest::Language;
 use super::imports::{Call, Grants, HostState};
 use super::spec::{Isolation, PluginSpec};
@@ -143,6 +143,8 @@ pub struct BoundPlugin {
     engine: Arc<PluginEngine>,
     /// Warm instances, one list per worker (each worker only touches its own).
     warm: Vec<Mutex<Vec<Instance>>>,
+    /// Keeps the deadline clock ticking while this plugin is bound.
+    _ticking: TickerUse,
 }
 
 impl fmt::Debug for BoundPlugin {
@@ -183,6 +185,7 @@ impl BoundPlugin {
             deadline,
             memory_limit,
             max_reuse,
+            _ticking: engine.ticker_use(),
             engine,
             warm: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
         }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,8 +43,34 @@ pub struct PluginEngine {
     pub(super) settings: Settings,
     /// Which compiled artifacts this engine can load: part of every cache file's name.
     compatibility: String,
-    /// Stops the epoch ticker when the engine goes away.
-    ticking: Arc<AtomicBool>,
+    /// The epoch ticker: runs while any channel has a plugin bound.
+    ticker: Arc<Ticker>,
+}
+
+/// The thread that advances the epoch clock, and whether it has anything to do. With no plugin
+/// bound it sleeps (parked) instead of waking every tick: a mediator without plugins should not
+/// pay a thousand context switches a second on its workers' cores.
+struct Ticker {
+    /// Cleared when the engine goes away: the thread then ends.
+    running: AtomicBool,
+    /// Plugins bound to channels now ([`TickerUse`] guards alive).
+    users: AtomicUsize,
+    thread: std::thread::Thread,
+}
+
+/// Keeps the epoch clock ticking while alive: held by every bound plugin.
+pub struct TickerUse(Arc<Ticker>);
+
+impl std::fmt::Debug for TickerUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TickerUse")
+    }
+}
+
+impl Drop for TickerUse {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -57,7 +83,8 @@ impl std::fmt::Debug for PluginEngine {
 
 impl Drop for PluginEngine {
     fn drop(&mut self) {
-        self.ticking.store(false, Ordering::Relaxed);
+        self.ticker.running.store(false, Ordering::Release);
+        self.ticker.thread.unpark();
     }
 }
 
@@ -103,15 +130,21 @@ impl PluginEngine {
             engine.precompile_compatibility_hash().hash(&mut hasher);
             format!("{:016x}", hasher.finish())
         };
-        let ticking = Arc::new(AtomicBool::new(true));
-        spawn_ticker(&engine, settings.epoch_tick, Arc::clone(&ticking))?;
+        let ticker = spawn_ticker(&engine, settings.epoch_tick)?;
         Ok(PluginEngine {
             engine,
             linker,
             settings,
             compatibility,
-            ticking,
+            ticker,
         })
+    }
+
+    /// Starts the epoch clock (if it was idle) and keeps it ticking until the guard is dropped.
+    pub fn ticker_use(&self) -> TickerUse {
+        self.ticker.users.fetch_add(1, Ordering::AcqRel);
+        self.ticker.thread.unpark();
+        TickerUse(Arc::clone(&self.ticker))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -200,13 +233,23 @@ async fn write_cache(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
     tokio::fs::rename(&temporary, path).await
 }
 
-/// Advances the epoch clock every `tick` until `ticking` is cleared.
-fn spawn_ticker(engine: &Engine, tick: Duration, ticking: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Advances the epoch clock every `tick` while any plugin is bound, until the engine goes away.
+fn spawn_ticker(engine: &Engine, tick: Duration) -> anyhow::Result<Arc<Ticker>> {
     let engine = engine.weak();
-    std::thread::Builder::new()
+    let (sent, ticker) = std::sync::mpsc::sync_channel::<Arc<Ticker>>(1);
+    let thread = std::thread::Builder::new()
         .name("mediary-epoch".into())
         .spawn(move || {
-            while ticking.load(Ordering::Relaxed) {
+            let Ok(ticker) = ticker.recv() else {
+                return;
+            };
+            while ticker.running.load(Ordering::Acquire) {
+                if ticker.users.load(Ordering::Acquire) == 0 {
+                    // `ticker_use` unparks: a plugin bound between the check and here makes this
+                    // return at once (the token is kept).
+                    std::thread::park();
+                    continue;
+                }
                 std::thread::sleep(tick);
                 match engine.upgrade() {
                     Some(engine) => engine.increment_epoch(),
@@ -214,7 +257,14 @@ fn spawn_ticker(engine: &Engine, tick: Duration, ticking: Arc<AtomicBool>) -> an
                 }
             }
         })?;
-    Ok(())
+    let ticker = Arc::new(Ticker {
+        running: AtomicBool::new(true),
+        users: AtomicUsize::new(0),
+        thread: thread.thread().clone(),
+    });
+    sent.send(Arc::clone(&ticker))
+        .map_err(|_| anyhow::anyhow!("the epoch ticker thread ended at start"))?;
+    Ok(ticker)
 }
 
 /// An error and its causes on one line.
