@@ -6,6 +6,7 @@
 //! - [`imports`]: the host side of the imports (log, config, kv, outbound-http, clock).
 //! - [`call`]: instances, isolation, deadlines, failures.
 //! - [`output`]: what a plugin is shown and the checks on everything it returns.
+//! - [`offline`]: running a plugin without the server (`mediary plugin run` and `test`).
 //! - [`registry`]: uploaded plugins (versions in the store), binding channels to compiled code, and
 //!   watching plugin files.
 //!
@@ -17,6 +18,7 @@ pub mod bindings;
 pub mod call;
 pub mod engine;
 pub mod imports;
+pub mod offline;
 pub mod output;
 pub mod registry;
 pub mod spec;
