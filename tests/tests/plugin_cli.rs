@@ -89,10 +89,18 @@ fn round_trip(lang: &str, world: &str) {
     let parent = temp.path();
     let name = format!("my-{lang}-plugin");
 
-    let created = mediary(parent, &["plugin", "new", "--lang", lang, "--world", world, &name]);
+    let created = mediary(
+        parent,
+        &["plugin", "new", "--lang", lang, "--world", world, &name],
+    );
     assert_eq!(created.code, 0, "{created:?}");
     let dir = parent.join(&name);
-    for file in ["wit/plugin.wit", "README.md", ".gitignore", "tests/cases.json"] {
+    for file in [
+        "wit/plugin.wit",
+        "README.md",
+        ".gitignore",
+        "tests/cases.json",
+    ] {
         assert!(dir.join(file).is_file(), "{file} is missing");
     }
 
@@ -119,7 +127,10 @@ fn round_trip(lang: &str, world: &str) {
             .contains("expected forward to route `lab`, got forward to route `fhir`"),
         "{failing:?}"
     );
-    assert!(failing.stdout.contains("3 passed, 1 failed."), "{failing:?}");
+    assert!(
+        failing.stdout.contains("3 passed, 1 failed."),
+        "{failing:?}"
+    );
 
     // Push to a running Mediary; a wrong password is refused with a clear message.
     let fhir = Upstream::fixed(200, "fhir");
@@ -129,17 +140,42 @@ fn round_trip(lang: &str, world: &str) {
     let wasm_arg = wasm.to_string_lossy().into_owned();
     let refused = mediary(
         &dir,
-        &["plugin", "push", &name, &wasm_arg, "--api", &api_url, "--user", ROOT_EMAIL, "--password", "wrong"],
+        &[
+            "plugin",
+            "push",
+            &name,
+            &wasm_arg,
+            "--api",
+            &api_url,
+            "--user",
+            ROOT_EMAIL,
+            "--password",
+            "wrong",
+        ],
     );
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("401"), "{refused:?}");
     assert!(refused.stderr.contains("credentials"), "{refused:?}");
     let pushed = mediary(
         &dir,
-        &["plugin", "push", &name, &wasm_arg, "--api", &api_url, "--user", ROOT_EMAIL, "--password", ROOT_PASSWORD],
+        &[
+            "plugin",
+            "push",
+            &name,
+            &wasm_arg,
+            "--api",
+            &api_url,
+            "--user",
+            ROOT_EMAIL,
+            "--password",
+            ROOT_PASSWORD,
+        ],
     );
     assert_eq!(pushed.code, 0, "{pushed:?}");
-    assert!(pushed.stdout.contains(&format!("{name} version 1: pushed")), "{pushed:?}");
+    assert!(
+        pushed.stdout.contains(&format!("{name} version 1: pushed")),
+        "{pushed:?}"
+    );
 
     let api = server.api();
     let mut channel = plugin_channel_json(
@@ -164,7 +200,11 @@ fn round_trip(lang: &str, world: &str) {
     }
     let refused = client.get(server.url("/fhir/Patient/1")).send();
     assert_eq!(refused.status(), 400, "{}", refused.text());
-    assert!(refused.text().contains("x-request-id"), "{}", refused.text());
+    assert!(
+        refused.text().contains("x-request-id"),
+        "{}",
+        refused.text()
+    );
 
     // The recorded transaction, run offline: the same decision.
     let record = api.settled_transaction(&routed.transaction_id(), SETTLE);
@@ -173,21 +213,36 @@ fn round_trip(lang: &str, world: &str) {
     let response_path = parent.join("response.json");
     std::fs::write(
         &response_path,
-        json!({"status": 200, "headers": [["content-type", "text/plain"]], "body": "fhir"}).to_string(),
+        json!({"status": 200, "headers": [["content-type", "text/plain"]], "body": "fhir"})
+            .to_string(),
     )
     .expect("write the response");
     let settings = scaffold_settings().to_string();
     let ran = mediary(
         &dir,
         &[
-            "plugin", "run", &wasm_arg, "--request", &record_path.to_string_lossy(),
-            "--config", &settings, "--response", &response_path.to_string_lossy(),
+            "plugin",
+            "run",
+            &wasm_arg,
+            "--request",
+            &record_path.to_string_lossy(),
+            "--config",
+            &settings,
+            "--response",
+            &response_path.to_string_lossy(),
         ],
     );
     assert_eq!(ran.code, 0, "{ran:?}");
     let out: Value = serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {ran:?}"));
-    assert_eq!(out["forward"]["target"], json!({"route": "fhir"}), "{ran:?}");
-    assert!(ran.stderr.contains("Decided."), "the plugin's log line: {ran:?}");
+    assert_eq!(
+        out["forward"]["target"],
+        json!({"route": "fhir"}),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stderr.contains("Decided."),
+        "the plugin's log line: {ran:?}"
+    );
     if world == "channel-plugin" {
         let headers = out["response"]["headers"].to_string();
         assert!(headers.contains("x-mediary-plugin"), "{ran:?}");
@@ -216,7 +271,10 @@ fn usage_errors_are_explained() {
 
     let bad = mediary(parent, &["plugin", "new", "--lang", "rust", "Bad_Name"]);
     assert_eq!(bad.code, 64, "{bad:?}");
-    assert!(bad.stderr.contains("`Bad_Name` is not a plugin name"), "{bad:?}");
+    assert!(
+        bad.stderr.contains("`Bad_Name` is not a plugin name"),
+        "{bad:?}"
+    );
 
     let unknown = mediary(parent, &["plugin", "new", "--lang", "go", "x"]);
     assert_eq!(unknown.code, 64, "{unknown:?}");
@@ -242,7 +300,18 @@ fn usage_errors_are_explained() {
 
     let refused = mediary(
         parent,
-        &["plugin", "push", "x", "none.wasm", "--api", "http://127.0.0.1:1", "--user", "a@b", "--password", "p"],
+        &[
+            "plugin",
+            "push",
+            "x",
+            "none.wasm",
+            "--api",
+            "http://127.0.0.1:1",
+            "--user",
+            "a@b",
+            "--password",
+            "p",
+        ],
     );
     assert_eq!(refused.code, 64, "{refused:?}");
     assert!(refused.stderr.contains("no such file"), "{refused:?}");
@@ -250,8 +319,22 @@ fn usage_errors_are_explained() {
     std::fs::write(parent.join("some.wasm"), b"\0asm").expect("a file");
     let unreachable = mediary(
         parent,
-        &["plugin", "push", "x", "some.wasm", "--api", "http://127.0.0.1:1", "--user", "a@b", "--password", "p"],
+        &[
+            "plugin",
+            "push",
+            "x",
+            "some.wasm",
+            "--api",
+            "http://127.0.0.1:1",
+            "--user",
+            "a@b",
+            "--password",
+            "p",
+        ],
     );
     assert_eq!(unreachable.code, 1, "{unreachable:?}");
-    assert!(unreachable.stderr.contains("connection refused"), "{unreachable:?}");
+    assert!(
+        unreachable.stderr.contains("connection refused"),
+        "{unreachable:?}"
+    );
 }

@@ -72,8 +72,13 @@ pub fn detect(dir: &Path) -> Result<Project, BuildError> {
     if pyproject.is_file() {
         let text = std::fs::read_to_string(&pyproject)
             .map_err(|e| BuildError::Usage(format!("{}: {e}", pyproject.display())))?;
-        let table: toml::Table = toml::from_str(&text)
-            .map_err(|e| BuildError::Usage(format!("{}: not valid TOML: {}", pyproject.display(), e.message())))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            BuildError::Usage(format!(
+                "{}: not valid TOML: {}",
+                pyproject.display(),
+                e.message()
+            ))
+        })?;
         let mediary = table
             .get("tool")
             .and_then(|t| t.get("mediary"))
@@ -119,7 +124,11 @@ pub fn detect(dir: &Path) -> Result<Project, BuildError> {
 /// Builds the plugin in `dir`; returns the component's path.
 pub fn build(dir: &Path) -> Result<PathBuf, BuildError> {
     let project = detect(dir)?;
-    eprintln!("Building the {} plugin in `{}`.", project.language(), dir.display());
+    eprintln!(
+        "Building the {} plugin in `{}`.",
+        project.language(),
+        dir.display()
+    );
     match project {
         Project::Rust => build_rust(dir),
         Project::Js => build_js(dir),
@@ -131,8 +140,9 @@ pub fn build(dir: &Path) -> Result<PathBuf, BuildError> {
 pub fn artifact(dir: &Path) -> Result<PathBuf, BuildError> {
     match detect(dir)? {
         Project::Rust => {
-            let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
-                .map_err(|e| BuildError::Usage(format!("{}: {e}", dir.join("Cargo.toml").display())))?;
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| {
+                BuildError::Usage(format!("{}: {e}", dir.join("Cargo.toml").display()))
+            })?;
             let table: toml::Table = toml::from_str(&manifest)
                 .map_err(|e| BuildError::Usage(format!("Cargo.toml: {}", e.message())))?;
             let name = table
@@ -160,13 +170,14 @@ pub fn artifact(dir: &Path) -> Result<PathBuf, BuildError> {
 
 /// Fails with a one-line hint when `tool` is not on the PATH.
 fn require(tool: &str, hint: &str) -> Result<(), BuildError> {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|p| p.join(tool).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()));
     if found {
         Ok(())
     } else {
-        Err(BuildError::Failed(format!("`{tool}` was not found on the PATH: {hint}")))
+        Err(BuildError::Failed(format!(
+            "`{tool}` was not found on the PATH: {hint}"
+        )))
     }
 }
 
@@ -196,7 +207,8 @@ fn build_rust(dir: &Path) -> Result<PathBuf, BuildError> {
         && !sysroot.join("lib/rustlib/wasm32-wasip2").is_dir()
     {
         return Err(BuildError::Failed(
-            "the wasm32-wasip2 target is not installed: run `rustup target add wasm32-wasip2`".into(),
+            "the wasm32-wasip2 target is not installed: run `rustup target add wasm32-wasip2`"
+                .into(),
         ));
     }
     let mut command = Command::new("cargo");
@@ -211,7 +223,10 @@ fn build_rust(dir: &Path) -> Result<PathBuf, BuildError> {
         .and_then(|child| child.wait_with_output())
         .map_err(|e| BuildError::Failed(format!("cannot run cargo: {e}")))?;
     if !output.status.success() {
-        return Err(BuildError::Failed(format!("cargo build failed ({})", output.status)));
+        return Err(BuildError::Failed(format!(
+            "cargo build failed ({})",
+            output.status
+        )));
     }
     let mut found = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -261,7 +276,10 @@ fn build_js(dir: &Path) -> Result<PathBuf, BuildError> {
         let mut npm = Command::new("npm");
         npm.args(["ci", "--no-audit", "--no-fund"]);
         run(npm, dir, "npm ci")?;
-    } else if stale(&modules.join(".package-lock.json"), &dir.join("package.json")) {
+    } else if stale(
+        &modules.join(".package-lock.json"),
+        &dir.join("package.json"),
+    ) {
         let mut npm = Command::new("npm");
         npm.args(["install", "--no-audit", "--no-fund"]);
         run(npm, dir, "npm install")?;
@@ -276,7 +294,10 @@ fn build_js(dir: &Path) -> Result<PathBuf, BuildError> {
 }
 
 fn build_python(dir: &Path, world: &str, wit: &Path, module: &str) -> Result<PathBuf, BuildError> {
-    require("python3", "install Python 3.10 or later with venv (e.g. `apt install python3-venv`)")?;
+    require(
+        "python3",
+        "install Python 3.10 or later with venv (e.g. `apt install python3-venv`)",
+    )?;
     let venv = dir.join(".venv");
     let requirements = dir.join("requirements.txt");
     let installed = venv.join(".mediary-installed");
@@ -287,10 +308,16 @@ fn build_python(dir: &Path, world: &str, wit: &Path, module: &str) -> Result<Pat
     }
     if requirements.is_file() && stale(&installed, &requirements) {
         let mut pip = Command::new(venv.join("bin/pip"));
-        pip.args(["install", "--disable-pip-version-check", "-r", "requirements.txt"]);
+        pip.args([
+            "install",
+            "--disable-pip-version-check",
+            "-r",
+            "requirements.txt",
+        ]);
         run(pip, dir, "pip install -r requirements.txt")?;
-        std::fs::write(&installed, b"")
-            .map_err(|e| BuildError::Failed(format!("cannot write {}: {e}", installed.display())))?;
+        std::fs::write(&installed, b"").map_err(|e| {
+            BuildError::Failed(format!("cannot write {}: {e}", installed.display()))
+        })?;
     }
     let tool = venv.join("bin/componentize-py");
     if !tool.is_file() {
@@ -316,7 +343,10 @@ fn build_python(dir: &Path, world: &str, wit: &Path, module: &str) -> Result<Pat
     let out = dist.join(format!("{stem}.wasm"));
     let mut command = Command::new(&tool);
     command
-        .env("VIRTUAL_ENV", std::path::absolute(&venv).unwrap_or(venv.clone()))
+        .env(
+            "VIRTUAL_ENV",
+            std::path::absolute(&venv).unwrap_or(venv.clone()),
+        )
         .arg("-d")
         .arg(wit)
         .args(["-w", world, "componentize", module, "-o"])
@@ -328,7 +358,9 @@ fn build_python(dir: &Path, world: &str, wit: &Path, module: &str) -> Result<Pat
 /// The one `.wasm` in `dist`.
 fn single_wasm(dist: &Path) -> Result<PathBuf, BuildError> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dist)
-        .map_err(|e| BuildError::Failed(format!("{}: {e}; build the plugin first", dist.display())))?
+        .map_err(|e| {
+            BuildError::Failed(format!("{}: {e}; build the plugin first", dist.display()))
+        })?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
@@ -355,7 +387,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mediary-detect-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let error = detect(&dir).unwrap_err();
-        assert!(matches!(&error, BuildError::Usage(m) if m.contains("nothing to build")), "{error}");
+        assert!(
+            matches!(&error, BuildError::Usage(m) if m.contains("nothing to build")),
+            "{error}"
+        );
         std::fs::write(
             dir.join("pyproject.toml"),
             "[tool.mediary]\nworld = \"channel-plugin\"\nwit = \"../wit\"\n",

@@ -230,9 +230,7 @@ fn dispatch(command: PluginCommand) -> Result<(), Fail> {
                 .ok_or_else(|| usage("no API user: give --user EMAIL or set MEDIARY_API_USER"))?;
             let password = password
                 .or_else(|| std::env::var("MEDIARY_API_PASSWORD").ok())
-                .ok_or_else(|| {
-                    usage("no password: give --password or set MEDIARY_API_PASSWORD")
-                })?;
+                .ok_or_else(|| usage("no password: give --password or set MEDIARY_API_PASSWORD"))?;
             if !file.is_file() {
                 return Err(usage(format!("{}: no such file", file.display())));
             }
@@ -301,8 +299,9 @@ fn settings(arg: Option<&str>) -> Result<Map<String, Value>, Fail> {
     };
     let value = match arg.strip_prefix('@') {
         Some(path) => read_json(Path::new(path))?,
-        None => serde_json::from_str(arg)
-            .map_err(|e| usage(format!("--config is not JSON: {e}")))?,
+        None => {
+            serde_json::from_str(arg).map_err(|e| usage(format!("--config is not JSON: {e}")))?
+        }
     };
     match value {
         Value::Object(map) => Ok(map),
@@ -375,8 +374,17 @@ fn parse_expect(value: &Value, at: &str) -> Result<Expect, String> {
     ))
 }
 
-/// Reads `tests/cases.json`: the settings, the routes and the cases, every problem named.
-fn read_cases(path: &Path) -> Result<(Map<String, Value>, Vec<String>, Vec<Case>), Fail> {
+/// `tests/cases.json`.
+struct CaseFile {
+    /// The plugin's settings for every case.
+    config: Map<String, Value>,
+    /// The channel's route names (empty: any name is accepted).
+    routes: Vec<String>,
+    cases: Vec<Case>,
+}
+
+/// Reads `tests/cases.json`, naming every problem in it.
+fn read_cases(path: &Path) -> Result<CaseFile, Fail> {
     let file = path.display().to_string();
     let json = read_json(path)?;
     let config = match json.get("config") {
@@ -420,15 +428,17 @@ fn read_cases(path: &Path) -> Result<(Map<String, Value>, Vec<String>, Vec<Case>
                 response,
                 expect,
             }),
-            (r, s, e) => problems.extend(
-                [r.err(), s.err(), e.err()].into_iter().flatten(),
-            ),
+            (r, s, e) => problems.extend([r.err(), s.err(), e.err()].into_iter().flatten()),
         }
     }
     if !problems.is_empty() {
         return Err(usage(problems.join("\n")));
     }
-    Ok((config, routes, cases))
+    Ok(CaseFile {
+        config,
+        routes,
+        cases,
+    })
 }
 
 /// What the plugin did, in the words of a case's expectation.
@@ -446,7 +456,11 @@ fn describe(outcome: &Result<Value, String>) -> String {
                     },
                 }
             } else if let Some(reject) = action.get("reject") {
-                format!("reject {} {:?}", reject["status"], reject["reason"].as_str().unwrap_or(""))
+                format!(
+                    "reject {} {:?}",
+                    reject["status"],
+                    reject["reason"].as_str().unwrap_or("")
+                )
             } else if let Some(respond) = action.get("respond") {
                 format!("respond {} {}", respond["status"], respond["body"])
             } else {
@@ -469,7 +483,10 @@ fn matches(expect: &Expect, outcome: &Result<Value, String>) -> bool {
         Expect::Url(u) => target["url"] == u.as_str(),
         Expect::Status(status, text) => {
             let (got, said) = if let Some(reject) = action.get("reject") {
-                (&reject["status"], reject["reason"].as_str().unwrap_or("").to_owned())
+                (
+                    &reject["status"],
+                    reject["reason"].as_str().unwrap_or("").to_owned(),
+                )
             } else if let Some(respond) = action.get("respond") {
                 let body = match &respond["body"] {
                     Value::String(s) => s.clone(),
@@ -495,7 +512,11 @@ fn test(dir: &Path, no_build: bool) -> Result<(), Fail> {
             cases_path.display()
         )));
     }
-    let (config, routes, cases) = read_cases(&cases_path)?;
+    let CaseFile {
+        config,
+        routes,
+        cases,
+    } = read_cases(&cases_path)?;
     let wasm = if no_build {
         build::artifact(dir)?
     } else {
@@ -535,7 +556,10 @@ fn test(dir: &Path, no_build: bool) -> Result<(), Fail> {
         let passed = cases.len() - failures;
         println!("{passed} passed, {failures} failed.");
         if failures > 0 {
-            Err(Fail(EXIT_FAILURE, format!("{failures} of {} cases failed", cases.len())))
+            Err(Fail(
+                EXIT_FAILURE,
+                format!("{failures} of {} cases failed", cases.len()),
+            ))
         } else {
             Ok(())
         }
@@ -558,10 +582,19 @@ mod tests {
         assert!(!matches(&e(json!({"route": "lab"})), &route));
         assert!(matches(&e(json!({"forward": "channel-routes"})), &channel));
         assert!(!matches(&e(json!({"forward": "channel-routes"})), &route));
-        assert!(matches(&e(json!({"status": 400, "bodyContains": "x-request-id"})), &reject));
+        assert!(matches(
+            &e(json!({"status": 400, "bodyContains": "x-request-id"})),
+            &reject
+        ));
         assert!(!matches(&e(json!({"status": 403})), &reject));
-        assert!(matches(&e(json!({"status": 200, "bodyContains": "hell"})), &respond));
-        assert!(matches(&e(json!({"failure": "trapped"})), &Err("the plugin trapped: x".into())));
+        assert!(matches(
+            &e(json!({"status": 200, "bodyContains": "hell"})),
+            &respond
+        ));
+        assert!(matches(
+            &e(json!({"failure": "trapped"})),
+            &Err("the plugin trapped: x".into())
+        ));
         assert!(parse_expect(&json!({"forward": "x"}), "t").is_err());
         assert!(parse_expect(&json!({}), "t").is_err());
     }

@@ -62,7 +62,10 @@ pub async fn push(push: &Push<'_>) -> Result<String, String> {
     let request = Request::builder()
         .method(Method::POST)
         .uri(path.as_str())
-        .header(header::HOST, base.authority().map_or(host.as_str(), |a| a.as_str()))
+        .header(
+            header::HOST,
+            base.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
         .header(header::AUTHORIZATION, format!("Basic {credentials}"))
         .header(header::CONTENT_TYPE, "application/wasm")
         .body(Full::new(Bytes::from(wasm)))
@@ -74,9 +77,10 @@ pub async fn push(push: &Push<'_>) -> Result<String, String> {
         .map_err(|_| format!("{} did not answer within {} s", push.api, TIMEOUT.as_secs()))?
         .map_err(|e| format!("cannot reach {}: {e}", push.api))?;
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let said = json["error"]
-        .as_str()
-        .map_or_else(|| String::from_utf8_lossy(&body).trim().to_owned(), str::to_owned);
+    let said = json["error"].as_str().map_or_else(
+        || String::from_utf8_lossy(&body).trim().to_owned(),
+        str::to_owned,
+    );
     match status {
         StatusCode::OK | StatusCode::CREATED => {
             let version = json["version"].as_u64().unwrap_or(0);
@@ -147,24 +151,33 @@ async fn send(
     tls: Option<rustls::ClientConfig>,
     request: Request<Full<Bytes>>,
 ) -> Result<(StatusCode, Bytes), String> {
-    let tcp = tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => {
-                format!("connection refused by {host}:{port}: is Mediary's API listening there?")
-            }
-            _ => e.to_string(),
-        })?;
+    let tcp =
+        tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    format!(
+                        "connection refused by {host}:{port}: is Mediary's API listening there?"
+                    )
+                }
+                _ => e.to_string(),
+            })?;
     match tls {
         None => exchange(TokioIo::new(tcp), request).await,
         Some(config) => {
-            let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
-                .map_err(|e| format!("`{host}` is not a server name: {e}"))?;
+            let name = ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            )
+            .map_err(|e| format!("`{host}` is not a server name: {e}"))?;
             let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
                 .connect(name, tcp)
                 .await
                 .map_err(|e| {
-                    format!("TLS handshake failed: {e} (a self-signed API: --ca FILE, or --insecure)")
+                    format!(
+                        "TLS handshake failed: {e} (a self-signed API: --ca FILE, or --insecure)"
+                    )
                 })?;
             exchange(TokioIo::new(stream), request).await
         }

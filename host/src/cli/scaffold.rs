@@ -94,7 +94,10 @@ pub fn create(
         Lang::Rust => (
             "Rust",
             "`src/lib.rs`",
-            format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
+            format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            ),
             "This runs `cargo build --release` (target `wasm32-wasip2`: `rustup target add wasm32-wasip2` once). Unit tests run natively: `cargo test --target \"$(rustc -vV | sed -n 's/host: //p')\"`.",
         ),
         Lang::Js => (
@@ -172,7 +175,16 @@ mod tests {
         for good in ["a", "fhir-router", "lab2csv"] {
             assert!(check_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "Fhir", "2fast", "a_b", "a.b", "a-", "../x", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Fhir",
+            "2fast",
+            "a_b",
+            "a.b",
+            "a-",
+            "../x",
+            &"a".repeat(65),
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }

@@ -200,9 +200,9 @@ impl OfflinePlugin {
             Err(failure) => return (Err(failure.to_string()), None),
         };
         let forwarded = matches!(action, types::Action::Forward(_));
-        let decided = self.decide(action).map_err(|reason| {
-            crate::plugin::Failure::Invalid { reason }.to_string()
-        });
+        let decided = self
+            .decide(action)
+            .map_err(|reason| crate::plugin::Failure::Invalid { reason }.to_string());
         let Some(response) = response.filter(|_| forwarded && decided.is_ok()) else {
             return (decided, None);
         };
@@ -338,7 +338,9 @@ pub fn request_from_json(value: &Value, what: &str) -> Result<types::Request, St
         }
     };
     let method = text("method")?
-        .ok_or_else(|| format!("{what}: `method` is required (a bare request or a transaction record)"))?
+        .ok_or_else(|| {
+            format!("{what}: `method` is required (a bare request or a transaction record)")
+        })?
         .to_ascii_uppercase();
     let path = text("path")?.ok_or_else(|| format!("{what}: `path` is required"))?;
     if !path.starts_with('/') {
@@ -411,7 +413,9 @@ fn fields_from_json(value: Option<&Value>, what: &str) -> Result<Vec<(String, St
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| match item.as_array().map(Vec::as_slice) {
-                Some([Value::String(k), Value::String(v)]) => Ok((k.to_ascii_lowercase(), v.clone())),
+                Some([Value::String(k), Value::String(v)]) => {
+                    Ok((k.to_ascii_lowercase(), v.clone()))
+                }
                 _ => Err(bad()),
             })
             .collect(),
@@ -458,7 +462,8 @@ mod tests {
     fn a_bare_request_needs_a_method_and_a_path() {
         let error = request_from_json(&json!({"path": "/x"}), "r.json").unwrap_err();
         assert!(error.contains("`method` is required"), "{error}");
-        let error = request_from_json(&json!({"method": "GET", "path": "x"}), "r.json").unwrap_err();
+        let error =
+            request_from_json(&json!({"method": "GET", "path": "x"}), "r.json").unwrap_err();
         assert!(error.contains("must start with /"), "{error}");
         let request = request_from_json(
             &json!({"method": "GET", "path": "/x", "query": "?b=2", "headers": [["A", "1"]], "body": "t"}),
