@@ -338,3 +338,57 @@ fn usage_errors_are_explained() {
         "{unreachable:?}"
     );
 }
+
+#[test]
+fn push_speaks_https_with_a_ca_file_or_insecure() {
+    let ca = mediary_e2e::TestCa::new("API CA");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let (cert_file, key_file) = ca.issue(&["localhost"]).write(dir.path(), "api");
+    let server = Mediary::with_config(format!(
+        "[tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\n"
+    ))
+    .start();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA");
+    let port = server.api_addr().port();
+    let wasm = mediary_e2e::plugins::ROUTER;
+    let push = |api: &str, extra: &[&str]| {
+        let mut args = vec![
+            "plugin",
+            "push",
+            "router",
+            wasm,
+            "--api",
+            api,
+            "--user",
+            ROOT_EMAIL,
+            "--password",
+            ROOT_PASSWORD,
+        ];
+        args.extend_from_slice(extra);
+        mediary(dir.path(), &args)
+    };
+
+    let by_name = format!("https://localhost:{port}");
+    let untrusted = push(&by_name, &[]);
+    assert_eq!(untrusted.code, 1, "{untrusted:?}");
+    assert!(
+        untrusted.stderr.contains("TLS handshake failed"),
+        "{untrusted:?}"
+    );
+    assert!(untrusted.stderr.contains("--ca"), "{untrusted:?}");
+
+    let trusted = push(&by_name, &["--ca", &ca_file.to_string_lossy()]);
+    assert_eq!(trusted.code, 0, "{trusted:?}");
+    assert!(
+        trusted.stdout.contains("router version 1: pushed"),
+        "{trusted:?}"
+    );
+
+    let insecure = push(&format!("https://127.0.0.1:{port}"), &["--insecure"]);
+    assert_eq!(insecure.code, 0, "{insecure:?}");
+    assert!(
+        insecure.stdout.contains("router version 1: unchanged"),
+        "{insecure:?}"
+    );
+}
