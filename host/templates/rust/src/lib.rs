@@ -26,7 +26,9 @@ impl Settings {
             .and_then(|text| serde_json::from_str::<String>(&text).ok())
             .unwrap_or_else(|| "x-request-id".to_owned());
         let routes = config::get("routes")
-            .and_then(|text| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok())
+            .and_then(|text| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok()
+            })
             .map(|map| {
                 map.into_iter()
                     .filter_map(|(prefix, route)| Some((prefix, route.as_str()?.to_owned())))
@@ -71,10 +73,17 @@ struct Plugin;
 
 impl exports::mediary::plugin::router::Guest for Plugin {
     fn on_request(request: Request) -> Action {
-        let names: Vec<&str> = request.headers.iter().map(|(name, _)| name.as_str()).collect();
+        let names: Vec<&str> = request
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
         let action = decide(&Settings::load(), &request.path, &names);
         let decision = match &action {
-            Action::Forward(Forward { target: Target::Route(route), .. }) => route.clone(),
+            Action::Forward(Forward {
+                target: Target::Route(route),
+                ..
+            }) => route.clone(),
             Action::Forward(_) => "channel-routes".to_owned(),
             Action::Reject(rejection) => format!("reject {}", rejection.status),
             Action::Respond(response) => format!("respond {}", response.status),
@@ -82,7 +91,10 @@ impl exports::mediary::plugin::router::Guest for Plugin {
         log::log(
             log::Level::Info,
             "Decided.",
-            &[("path".to_owned(), request.path.clone()), ("decision".to_owned(), decision)],
+            &[
+                ("path".to_owned(), request.path.clone()),
+                ("decision".to_owned(), decision),
+            ],
         );
         action
     }
@@ -97,21 +109,35 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             require_header: "x-request-id".into(),
-            routes: vec![("/fhir/".into(), "fhir".into()), ("/fhir/Patient/".into(), "patients".into())],
+            routes: vec![
+                ("/fhir/".into(), "fhir".into()),
+                ("/fhir/Patient/".into(), "patients".into()),
+            ],
         }
     }
 
     #[test]
     fn the_longest_prefix_wins() {
         let action = decide(&settings(), "/fhir/Patient/1", &["x-request-id"]);
-        assert!(matches!(action, Action::Forward(Forward { target: Target::Route(r), .. }) if r == "patients"));
+        assert!(
+            matches!(action, Action::Forward(Forward { target: Target::Route(r), .. }) if r == "patients")
+        );
         let action = decide(&settings(), "/other", &["X-Request-Id"]);
-        assert!(matches!(action, Action::Forward(Forward { target: Target::ChannelRoutes, .. })));
+        assert!(matches!(
+            action,
+            Action::Forward(Forward {
+                target: Target::ChannelRoutes,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn requests_without_the_header_are_refused() {
         let action = decide(&settings(), "/fhir/Patient/1", &[]);
-        assert!(matches!(action, Action::Reject(Rejection { status: 400, .. })));
+        assert!(matches!(
+            action,
+            Action::Reject(Rejection { status: 400, .. })
+        ));
     }
 }
