@@ -7,6 +7,7 @@
 //! - [`imports`]: the host side of the imports (log, config, kv, outbound-http, clock).
 //! - [`call`]: instances, isolation, deadlines, failures.
 //! - [`output`]: what a plugin is shown and the checks on everything it returns.
+//! - [`offline`]: running a plugin without the server (`mediary plugin run` and `test`).
 //! - [`registry`]: uploaded plugins (versions in the store), binding channels to compiled code, and
 //!   watching plugin files.
 //!
@@ -19,6 +20,7 @@ pub mod call;
 pub mod engine;
 pub mod guest;
 pub mod imports;
+pub mod offline;
 pub mod output;
 pub mod registry;
 pub mod spec;

@@ -1,4 +1,8 @@
 //! The `mediary` command line.
+//!
+//! - `run`, `check-config`: the server (here).
+//! - `plugin ...`: write, build, test and ship channel plugins ([`plugin`], with [`scaffold`],
+//!   [`build`] and [`push`]).
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -7,10 +11,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod build;
+pub mod plugin;
+pub mod push;
+pub mod scaffold;
+
 use crate::config::{Config, Workers};
 use crate::workers::{Listeners, run};
 
-/// Exit code for a configuration that does not check (sysexits' `EX_USAGE`).
+/// Exit code for a configuration that does not check, or a command used wrongly (sysexits' `EX_USAGE`).
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
 /// Exit code when Mediary cannot start or fails while running (ports taken, no threads).
@@ -41,11 +50,30 @@ pub enum Command {
         #[arg(long, short, default_value = "config/default.toml")]
         config: PathBuf,
     },
+    /// Write, build, test and ship channel plugins (WebAssembly components of wit/plugin.wit).
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version are not errors; every other parse error is bad usage (sysexits' 64).
+            let usage = error.use_stderr();
+            let _ = error.print();
+            return if usage {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Plugin { command } => plugin::main(command),
         Command::CheckConfig { config } => match load(&config) {
             Ok(c) => {
                 println!(
