@@ -495,16 +495,7 @@ fn check(case: &Case, key: &str, reply: &Reply, upstreams: &[(String, Upstream)]
     {
         problems.push(format!("expected the body to contain {part:?}, {got}"));
     }
-    for pair in expect
-        .get("headers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let (name, value) = (
-            pair[0].as_str().unwrap_or(""),
-            pair[1].as_str().unwrap_or(""),
-        );
+    for (name, value) in string_pairs(expect.get("headers")) {
         if reply.header(name) != Some(value) {
             problems.push(format!(
                 "expected response header {name}: {value}, got {:?}",
@@ -535,6 +526,20 @@ fn check(case: &Case, key: &str, reply: &Reply, upstreams: &[(String, Upstream)]
     problems
 }
 
+/// The `[name, value]` pairs of a JSON array (none when it is absent).
+fn string_pairs(pairs: Option<&Value>) -> impl Iterator<Item = (&str, &str)> {
+    pairs
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap_or(""),
+                pair[1].as_str().unwrap_or(""),
+            )
+        })
+}
+
 /// What is wrong with the request an upstream saw, against `upstreamRequest`.
 fn check_upstream_request(wanted: &Value, key: &str, seen: &Seen) -> Vec<String> {
     let mut problems = Vec::new();
@@ -559,16 +564,7 @@ fn check_upstream_request(wanted: &Value, key: &str, seen: &Seen) -> Vec<String>
             problems.push(format!("upstream: expected query {query:?}, got {got:?}"));
         }
     }
-    for pair in wanted
-        .get("headers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let (name, value) = (
-            pair[0].as_str().unwrap_or(""),
-            pair[1].as_str().unwrap_or(""),
-        );
+    for (name, value) in string_pairs(wanted.get("headers")) {
         if seen.header(name) != Some(value) {
             problems.push(format!(
                 "upstream: expected header {name}: {value}, got {:?}",
