@@ -336,22 +336,6 @@ log_warnings() {
     -e 's/ [a-z_]*=.*//' | tr -d '`' | cut -c1-200 | sort | uniq -c | sort -rn | head -n 5 || true
 }
 
-# cpu_ticks PID... — user+system clock ticks of the processes, their threads
-# and their children (nginx workers).
-cpu_ticks() {
-  local p all=()
-  for p in "$@"; do
-    all+=("$p")
-    mapfile -t -O "${#all[@]}" all < <(pgrep -P "$p" 2>/dev/null || true)
-  done
-  for p in "${all[@]}"; do
-    cat "/proc/$p/stat" 2>/dev/null || true
-  done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { printf "%.0f\n", t }'
-}
-# machine_ticks [CPU] — busy ticks of the whole machine (every CPU), or of
-# one CPU, from /proc/stat.
-machine_ticks() { awk -v c="cpu${1:-}" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-
 # ----------------------------------------------------------------- servers
 
 log "== upstream on CPU $LOAD_CPU"

@@ -83,6 +83,7 @@ cleanup() {
     stop_pid "${PIDS[i]}"
   done
   if [[ -n $CLEANUP_HOOK ]]; then "$CLEANUP_HOOK" || true; fi
+  for i in "${CGROUPS[@]}"; do rmdir "$i" 2>/dev/null || true; done
   if [[ -n $TMP && -d $TMP ]]; then
     if [[ $KEEP_TMP == 1 ]]; then
       log "kept temp dir $TMP"
@@ -92,6 +93,7 @@ cleanup() {
   fi
   exit "$rc"
 }
+CGROUPS=()
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
@@ -396,6 +398,45 @@ log_problems() {
   if grep -qE 'panic|ERROR' "$mlog"; then
     echo "$name logged $(grep -cE 'panic|ERROR' "$mlog") line(s) with ERROR/panic, e.g. \`$(grep -E 'panic|ERROR' "$mlog" | head -n 1 | sed 's/\x1b\[[0-9;]*m//g' | tr -d '`' | cut -c1-200)\`"
   fi
+}
+
+# cpu_ticks PID... — user+system clock ticks of the processes, their threads
+# and their children (nginx workers).
+cpu_ticks() {
+  local p all=()
+  for p in "$@"; do
+    all+=("$p")
+    mapfile -t -O "${#all[@]}" all < <(pgrep -P "$p" 2>/dev/null || true)
+  done
+  for p in "${all[@]}"; do
+    cat "/proc/$p/stat" 2>/dev/null || true
+  done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { printf "%.0f\n", t }'
+}
+# machine_ticks [CPU] — busy ticks of the whole machine (every CPU), or of
+# one CPU, from /proc/stat.
+machine_ticks() { awk -v c="cpu${1:-}" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
+# cpu_cap NAME PERCENT PID... — puts the processes (and their threads) in a cgroup v1 `cpu` group
+# NAME that may use PERCENT of one core (cfs quota), so that they, not the load generator, are the
+# bottleneck. Dies with the reason when cgroups cannot be written (not root, cgroup v2 only).
+CPU_CGROUP_ROOT=${CPU_CGROUP_ROOT:-/sys/fs/cgroup/cpu}
+cpu_cap() {
+  local name=$1 percent=$2 dir p t
+  shift 2
+  dir=$CPU_CGROUP_ROOT/$name
+  mkdir -p "$dir" 2>/dev/null && [[ -w $dir/cpu.cfs_quota_us ]] ||
+    die "cannot create the cgroup $dir (root and the cgroup v1 cpu controller are needed for PROXY_QUOTA)"
+  echo 100000 >"$dir/cpu.cfs_period_us"
+  echo $((percent * 1000)) >"$dir/cpu.cfs_quota_us"
+  local all=()
+  for p in "$@"; do
+    all+=("$p")
+    mapfile -t -O "${#all[@]}" all < <(pgrep -P "$p" 2>/dev/null || true)
+  done
+  for p in "${all[@]}"; do
+    for t in /proc/"$p"/task/*; do echo "${t##*/}" >"$dir/tasks" 2>/dev/null || true; done
+  done
+  CGROUPS+=("$dir")
 }
 
 # ---------------------------------------------------------------------- wrk

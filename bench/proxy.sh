@@ -14,6 +14,10 @@
 #            of a plugin is the ratio to `mediary`
 #   mediary-router-fresh  the same with `isolation = "per-request"` (a fresh
 #            instance for every request)
+#   mediary-router-js, mediary-router-js-fresh  the same with the JavaScript
+#            twin (plugins/js/router, componentize-js)
+#   mediary-router-py, mediary-router-py-fresh  the same with the Python twin
+#            (plugins/python/router, componentize-py)
 # and prints a Markdown table (also written to bench/results/proxy-<date>.md).
 # See bench/README.md for how to run it and how to read the output.
 #
@@ -28,6 +32,8 @@
 #                 response (the upstream answers POST like GET)  (default GET)
 #   MEDIARY_BIN   use this mediary binary, skip `cargo build`
 #   ROUTER_WASM   use this router component, skip building plugins/
+#   JS_ROUTER_WASM, PY_ROUTER_WASM  the same for the JavaScript and Python
+#                 routers (otherwise built with `mediary plugin build`)
 #   NGINX_BIN     nginx binary                             (default: from PATH or /usr/sbin/nginx)
 #   WRK_THREADS   wrk threads (capped at the conn count)   (default 1)
 #   PROXY_CPU     CPU for the proxy (and the upstream in "direct")   (default 0)
@@ -51,6 +57,8 @@ TARGETS=${TARGETS:-"direct nginx mediary"}
 METHOD=${METHOD:-GET}
 MEDIARY_BIN=${MEDIARY_BIN:-}
 ROUTER_WASM=${ROUTER_WASM:-}
+JS_ROUTER_WASM=${JS_ROUTER_WASM:-}
+PY_ROUTER_WASM=${PY_ROUTER_WASM:-}
 NGINX_BIN=${NGINX_BIN:-}
 WRK_THREADS=${WRK_THREADS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
@@ -67,7 +75,11 @@ has() { [[ " $TARGETS " == *" $1 "* ]]; }
 for s in $SIZES; do size_bytes "$s" >/dev/null; done
 for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad connection count '$c'"; done
 for t in $TARGETS; do
-  case $t in direct | nginx | mediary | mediary-norec | mediary-router | mediary-router-fresh) ;; *) die "unknown target '$t'" ;; esac
+  case $t in
+    direct | nginx | mediary | mediary-norec | mediary-router | mediary-router-fresh) ;;
+    mediary-router-js | mediary-router-js-fresh | mediary-router-py | mediary-router-py-fresh) ;;
+    *) die "unknown target '$t'" ;;
+  esac
 done
 [[ $METHOD == GET || $METHOD == POST ]] || die "bad METHOD '$METHOD' (GET or POST)"
 [[ $(secs "$DURATION") =~ ^[0-9]+$ ]] || die "bad DURATION '$DURATION' (use e.g. 10s)"
@@ -81,7 +93,23 @@ ensure_tools() {
 
 ensure_tools
 
-has_mediary() { has mediary || has mediary-norec || has mediary-router || has mediary-router-fresh; }
+has_mediary() { [[ " $TARGETS " == *" mediary"* ]]; }
+# The router targets, in report order: Rust, JavaScript, Python; reused, then fresh instances.
+ROUTERS=(mediary-router mediary-router-fresh mediary-router-js mediary-router-js-fresh mediary-router-py mediary-router-py-fresh)
+has_router() { local r; for r in "${ROUTERS[@]}"; do has "$r" && return 0; done; return 1; }
+
+# guest_router DIR VAR — the component of the router example in DIR (plugins/js/router or
+# plugins/python/router), built with `mediary plugin build` unless VAR already names one.
+guest_router() {
+  local dir=$1 var=$2 built
+  if [[ -z ${!var} ]]; then
+    log "building $dir (mediary plugin build)"
+    "$MEDIARY_BIN" plugin build "$ROOT/$dir" >&2 || die "building $dir failed (Node.js 20 / Python 3.11 needed)"
+    built=$(find "$ROOT/$dir/dist" -maxdepth 1 -name '*.wasm' | head -n 1)
+    printf -v "$var" '%s' "$built"
+  fi
+  [[ -f ${!var} ]] || die "router component not found: ${!var} ($var)"
+}
 
 if has_mediary; then
   if [[ -z $MEDIARY_BIN ]]; then build_mediary; fi
@@ -96,6 +124,8 @@ if has mediary-router || has mediary-router-fresh; then
   fi
   [[ -f $ROUTER_WASM ]] || die "router component not found: $ROUTER_WASM"
 fi
+if has mediary-router-js || has mediary-router-js-fresh; then guest_router plugins/js/router JS_ROUTER_WASM; fi
+if has mediary-router-py || has mediary-router-py-fresh; then guest_router plugins/python/router PY_ROUTER_WASM; fi
 
 make_tmp mediary-bench
 # shellcheck disable=SC2086 # one file per size
@@ -220,20 +250,28 @@ if has nginx || has_mediary; then
     fi
   fi
   mediary_pids=()
-  for t in mediary mediary-norec mediary-router mediary-router-fresh; do
+  for t in mediary mediary-norec "${ROUTERS[@]}"; do
     has "$t" || continue
     free_port MEDIARY_PORT
     recording=true
     [[ $t == mediary-norec ]] && recording=false
     plugin=""
+    sections=""
     # Every bench path (/1k, /64k) has no FHIR resource type, so the router sends it to its
     # fallback route, after the whole decision (config, path, log line).
     router_config='config = { routes = { Patient = "upstream" }, fallback = "upstream" }'
     case $t in
       mediary-router) plugin="plugin = { file = \"$ROUTER_WASM\", isolation = \"reuse\", $router_config }" ;;
       mediary-router-fresh) plugin="plugin = { file = \"$ROUTER_WASM\", isolation = \"per-request\", $router_config }" ;;
+      mediary-router-js) plugin="plugin = { file = \"$JS_ROUTER_WASM\", isolation = \"reuse\", $router_config }" ;;
+      mediary-router-js-fresh) plugin="plugin = { file = \"$JS_ROUTER_WASM\", isolation = \"per-request\", $router_config }" ;;
+      mediary-router-py) plugin="plugin = { file = \"$PY_ROUTER_WASM\", isolation = \"reuse\", $router_config }" ;;
+      mediary-router-py-fresh) plugin="plugin = { file = \"$PY_ROUTER_WASM\", isolation = \"per-request\", $router_config }" ;;
     esac
-    if start_mediary "$t" "$MEDIARY_PORT" "$recording" "$plugin"; then
+    # One compile cache for every router target: a 12-18 MB JavaScript or Python component takes
+    # Cranelift seconds, once.
+    if [[ -n $plugin ]]; then sections=$'[plugins]\ncache_dir = "'"$TMP"'/plugin-cache"'; fi
+    if start_mediary "$t" "$MEDIARY_PORT" "$recording" "$plugin" "" "$sections"; then
       mediary_pids+=("$t:$LAST_PID")
       PORT_OF[$t]=$MEDIARY_PORT
       AFFINITY[$t]="$(affinity "$LAST_PID")"
@@ -281,6 +319,14 @@ for t in $TARGETS; do
   done
 done
 
+router_language() { case $1 in *-js*) echo JavaScript ;; *-py*) echo Python ;; *) echo Rust ;; esac; }
+router_isolation() { case $1 in *-fresh) echo per-request ;; *) echo reuse ;; esac; }
+# overhead_us WITH WITHOUT — 1e6/WITH - 1e6/WITHOUT in µs, or n/a.
+overhead_us() {
+  if [[ -z $1 || -z $2 || $1 == fail || $2 == fail ]]; then echo n/a; return; fi
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a <= 0 || b <= 0) print "n/a"; else printf "%.1f µs", 1e6 / a - 1e6 / b }'
+}
+
 report() {
   local t s c key range_h="" range_sep="" range
   echo "# Proxy benchmark: Mediary vs nginx"
@@ -298,7 +344,7 @@ report() {
   fi
   echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty tree)')"
   echo "- method: $METHOD$( [[ $METHOD == POST ]] && echo ' (request body the same size as the response body)')"
-  for t in direct upstream nginx mediary mediary-norec mediary-router mediary-router-fresh; do
+  for t in direct upstream nginx mediary mediary-norec "${ROUTERS[@]}"; do
     if [[ -n ${AFFINITY[$t]:-} ]]; then echo "- affinity of $t: ${AFFINITY[$t]}"; fi
   done
   if ((ROUNDS > 1)); then
@@ -346,6 +392,22 @@ report() {
     done
   fi
   local r
+  if has mediary && has_router; then
+    echo
+    echo "Router plugins by language (the same channel with the content-based router in each language; overhead = CPU time the plugin adds to each request, 1/req/s with the plugin minus 1/req/s without, the proxy being one saturated core):"
+    echo
+    echo "| language | isolation | body | conns | req/s | plugin/none | overhead per request | p99 |"
+    echo "|---|---|---|--:|--:|--:|--:|--:|"
+    for s in $SIZES; do
+      for c in $CONNS; do
+        echo "| none | – | $s | $c | $(fmt_rps "${RPS[mediary|$s|$c]}") | 1.00 | – | $(fmt_ms "${P99[mediary|$s|$c]:-}") |"
+        for r in "${ROUTERS[@]}"; do
+          has "$r" || continue
+          echo "| $(router_language "$r") | $(router_isolation "$r") | $s | $c | $(fmt_rps "${RPS[$r|$s|$c]}") | $(ratio "${RPS[$r|$s|$c]}" "${RPS[mediary|$s|$c]}") | $(overhead_us "${RPS[$r|$s|$c]}" "${RPS[mediary|$s|$c]}") | $(fmt_ms "${P99[$r|$s|$c]:-}") |"
+        done
+      done
+    done
+  fi
   for r in mediary-router mediary-router-fresh; do
     if ! has mediary || ! has "$r"; then continue; fi
     echo

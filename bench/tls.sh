@@ -30,6 +30,9 @@
 #   PROXY_CPU      CPU for the proxy                        (default 0)
 #   LOAD_CPU       CPU for wrk and the upstream             (default 1)
 #   PIN            1 = pin with taskset, 0 = don't (default 1; 0 if < 2 CPUs)
+#   PROXY_QUOTA    cap each proxy at this percentage of one core (cgroup v1 cpu
+#                  quota; root), so that the proxy, not wrk and the upstream on
+#                  LOAD_CPU, is the bottleneck (default: no cap)
 #   RESULTS_DIR    where the Markdown report goes           (default bench/results)
 #   KEEP_TMP       1 = keep the temp dir (configs, logs, raw wrk output)
 set -euo pipefail
@@ -55,6 +58,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 PIN=${PIN:-1}
 RESULTS_DIR=${RESULTS_DIR:-$SCRIPT_DIR/results}
 KEEP_TMP=${KEEP_TMP:-0}
+PROXY_QUOTA=${PROXY_QUOTA:-}
 METHOD=GET
 
 part() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -64,6 +68,7 @@ for s in $SIZES; do size_bytes "$s" >/dev/null; done
 for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad connection count '$c'"; done
 for p in $PARTS; do [[ $p == a || $p == b ]] || die "unknown part '$p' (a or b)"; done
 [[ $(secs "$DURATION") =~ ^[0-9]+$ ]] || die "bad DURATION '$DURATION' (use e.g. 10s)"
+[[ -z $PROXY_QUOTA || $PROXY_QUOTA =~ ^[1-9][0-9]?$ ]] || die "bad PROXY_QUOTA '$PROXY_QUOTA' (a percentage, 1-99)"
 
 ensure_nginx_wrk
 command -v curl >/dev/null || die "curl is needed (response checks, POST /clients)"
@@ -85,7 +90,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 
 # ------------------------------------------------------------------- load
 
-declare -A RUNS_RPS RUNS_P50 RUNS_P99 ERRS FAILS URL_OF HEADER_OF
+declare -A RUNS_RPS RUNS_P50 RUNS_P99 RUNS_CPU RUNS_PROXY_BUSY RUNS_LOAD_BUSY ERRS FAILS URL_OF HEADER_OF PID_OF
 NOTES=()
 FAILED=0
 fail_point() { FAILS[$1]=1; }
@@ -127,7 +132,18 @@ run_point() {
   fi
   out="$TMP/wrk-$target-$s-$c-r$round.txt"
   log "$target $s c=$c: wrk -d $DURATION"
-  if ! wrk_h "$c" "$DURATION" "$url" "$out" "${HEADER_OF[$target]:-}"; then
+  # CPU: the proxy's own (its processes and threads), and how busy the load core was (wrk and the
+  # upstream): near 100% there means the load side, not the proxy, set the pace.
+  local hz t0_p t0_l t0 t1_p t1_l t1 rc=0
+  hz=$(getconf CLK_TCK)
+  t0_p=$(cpu_ticks "${PID_OF[$target]}")
+  t0_l=$(machine_ticks "$LOAD_CPU")
+  t0=$(date +%s%N)
+  wrk_h "$c" "$DURATION" "$url" "$out" "${HEADER_OF[$target]:-}" || rc=$?
+  t1_p=$(cpu_ticks "${PID_OF[$target]}")
+  t1_l=$(machine_ticks "$LOAD_CPU")
+  t1=$(date +%s%N)
+  if ((rc != 0)); then
     log "wrk failed for $key:"; tail -n 20 "$out" >&2 || true
     fail_point "$key"; return 0
   fi
@@ -146,6 +162,11 @@ run_point() {
   RUNS_RPS[$key]+="$rps "
   RUNS_P50[$key]+="$p50_us "
   RUNS_P99[$key]+="$p99_us "
+  local wall_s
+  wall_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+  RUNS_CPU[$key]+="$(awk -v t=$((t1_p - t0_p)) -v hz="$hz" -v r="$rps" -v w="$wall_s" 'BEGIN { printf "%.2f", t / hz * 1e6 / (r * w) }') "
+  RUNS_PROXY_BUSY[$key]+="$(awk -v t=$((t1_p - t0_p)) -v hz="$hz" -v w="$wall_s" 'BEGIN { printf "%.0f", 100 * t / hz / w }') "
+  RUNS_LOAD_BUSY[$key]+="$(awk -v t=$((t1_l - t0_l)) -v hz="$hz" -v w="$wall_s" 'BEGIN { printf "%.0f", 100 * t / hz / w }') "
   local errs=$((err_connect + err_read + err_write + err_status + err_timeout))
   ERRS[$key]=$((${ERRS[$key]:-0} + errs))
   if ((errs > 0)); then
@@ -181,6 +202,7 @@ if part a; then
   if start_nginx nginx-tls "$PROXY_CPU" "$TMP/tls.nginx.conf" "$NGINX_PORT" \
     UPSTREAM_PORT="$UPSTREAM_PORT" CERT="$TMP/server.pem" KEY="$TMP/server.key"; then
     NGINX_PID=$LAST_PID
+    PID_OF[nginx-tls]=$NGINX_PID
     URL_OF[nginx-tls]="https://127.0.0.1:$NGINX_PORT"
     TARGETS+=(nginx-tls)
   else
@@ -193,10 +215,16 @@ if part a; then
 cert_file = \"$TMP/server.pem\"
 key_file = \"$TMP/server.key\""; then
     MEDIARY_TLS_PID=$LAST_PID
+    PID_OF[mediary-tls]=$MEDIARY_TLS_PID
     URL_OF[mediary-tls]="https://127.0.0.1:$HTTPS_PORT"
     TARGETS+=(mediary-tls)
   else
     for s in $SIZES; do for c in $CONNS; do fail_point "mediary-tls|$s|$c"; done; done
+  fi
+  if [[ -n $PROXY_QUOTA ]]; then
+    for t in nginx-tls mediary-tls; do
+      [[ -n ${PID_OF[$t]:-} ]] && cpu_cap "mediary-bench-$t-$$" "$PROXY_QUOTA" "${PID_OF[$t]}"
+    done
   fi
   for t in nginx-tls mediary-tls; do
     [[ -n ${URL_OF[$t]:-} ]] || continue
@@ -246,6 +274,8 @@ pathTransform = \"s/^\\\\/private//\""
   export MEDIARY_ROOT_PASSWORD=$ROOT_PASSWORD
   if start_mediary mediary-auth "$MEDIARY_PORT" false "" "" "$channels"; then
     AUTH_PID=$LAST_PID
+    PID_OF[public]=$AUTH_PID
+    PID_OF[basic]=$AUTH_PID
     api="http://127.0.0.1:$LAST_API_PORT"
     code=$(curl -s -o "$TMP/clients.json" -w '%{http_code}' --max-time 10 \
       -u "root@openhim.org:$ROOT_PASSWORD" -H 'Content-Type: application/json' \
@@ -275,7 +305,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ------------------------------------------------------------------ report
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU PROXY_BUSY LOAD_BUSY
 for t in nginx-tls mediary-tls public basic; do
   for s in $SIZES; do for c in $CONNS; do
     key="$t|$s|$c"
@@ -285,6 +315,9 @@ for t in nginx-tls mediary-tls public basic; do
       RPS[$key]=$(median "${RUNS_RPS[$key]}")
       P50[$key]=$(median "${RUNS_P50[$key]}")
       P99[$key]=$(median "${RUNS_P99[$key]}")
+      CPU[$key]=$(median "${RUNS_CPU[$key]}")
+      PROXY_BUSY[$key]=$(median "${RUNS_PROXY_BUSY[$key]}")
+      LOAD_BUSY[$key]=$(median "${RUNS_LOAD_BUSY[$key]}")
     fi
   done; done
 done
@@ -313,17 +346,25 @@ report() {
   echo "- started: $START; $ROUNDS round(s) of wrk -d $DURATION per point, each after $(if [[ $WARMUP == 0 ]]; then echo "no warm-up"; else echo "a $WARMUP warm-up"; fi); wrk threads: $WRK_THREADS; keep-alive"
   echo "- host: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')); load average before: $LOAD_BEFORE, after: $LOAD_AFTER"
   if pinning; then echo "- pinning: proxy on CPU $PROXY_CPU; wrk and the upstream nginx on CPU $LOAD_CPU"; else echo "- pinning: none"; fi
+  if [[ -n $PROXY_QUOTA ]]; then echo "- each HTTPS proxy capped at $PROXY_QUOTA% of one core (cgroup cpu quota), so that it, not the load core, sets the pace"; fi
+  echo "- proxy CPU: user+system time of the proxy's processes per request; busy: the proxy's CPU time, and the load core's (wrk and the upstream), as a share of the run: a load core near 100% means the load side set the pace"
   echo "- nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -n 1 | awk '{print $2}'); certificate: P-256, self-signed, the same files for both"
   echo "- mediary: \`$MEDIARY_BIN\`, 1 worker, recording off; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty tree)')"
   echo
-  echo "| target | body | conns | req/s | p50 | p99 | errors |"
-  echo "|---|---|--:|--:|--:|--:|--:|"
+  echo "| target | body | conns | req/s | req/s range | p50 | p99 | proxy CPU per request | proxy busy | load core busy | errors |"
+  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
   local t s c key
   for s in $SIZES; do for c in $CONNS; do for t in nginx-tls mediary-tls public basic; do
     key="$t|$s|$c"
     [[ -z ${RUNS_RPS[$key]:-} && -z ${FAILS[$key]:-} ]] && continue
-    echo "| $t | $s | $c | $(fmt_rps "${RPS[$key]}") | $(fmt_ms "${P50[$key]:-}") | $(fmt_ms "${P99[$key]:-}") | ${ERRS[$key]:-–} |"
+    echo "| $t | $s | $c | $(fmt_rps "${RPS[$key]}") | $(if [[ -n ${RUNS_RPS[$key]:-} ]]; then spread "${RUNS_RPS[$key]}"; else echo –; fi) | $(fmt_ms "${P50[$key]:-}") | $(fmt_ms "${P99[$key]:-}") | ${CPU[$key]:-–} µs | ${PROXY_BUSY[$key]:-–}% | ${LOAD_BUSY[$key]:-–}% | ${ERRS[$key]:-–} |"
   done; done; done
+  if part a; then
+    echo
+    for s in $SIZES; do for c in $CONNS; do
+      echo "- proxy CPU per request, nginx/mediary $s c=$c (above 1.00: Mediary needs less CPU per request): $(ratio "${CPU[nginx-tls|$s|$c]:-}" "${CPU[mediary-tls|$s|$c]:-}")"
+    done; done
+  fi
   echo
   for v in "${VERDICTS[@]}"; do echo "- $v"; done
   if [[ -n $AUTH_SKIPPED ]]; then echo "- SKIP basic/public: $AUTH_SKIPPED"; fi
