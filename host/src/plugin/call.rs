@@ -196,6 +196,27 @@ impl BoundPlugin {
         self.code.transformer.is_some()
     }
 
+    /// The upstream of a `url` target the plugin returned: a URL, to a host and port on the
+    /// channel's `allowedHosts`. The error says what is wrong, for the plugin's failure record.
+    pub fn url_target(&self, url: &str) -> Result<(crate::channel::Route, http::Uri), String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let route = crate::channel::Route::for_url(&self.run.name, &uri)?;
+        if !self
+            .grants
+            .allowed_hosts
+            .iter()
+            .any(|a| a.allows(&route.host, route.port))
+        {
+            return Err(format!(
+                "forwarding to {} is not allowed: it is not on the channel's allowedHosts",
+                route.authority
+            ));
+        }
+        Ok((route, uri))
+    }
+
     /// An instance for one request: warm if the channel reuses instances and one is idle, else new.
     pub async fn session(self: &Arc<Self>, env: CallEnv) -> Result<Session, Failure> {
         let CallEnv { worker, mut call } = env;

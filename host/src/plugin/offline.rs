@@ -16,14 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
 use serde_json::{Map, Value, json};
 
 use super::bindings::types;
 use super::call::BoundPlugin;
 use super::imports::Call;
 use super::output;
-use crate::channel::Route;
 use crate::config::Config;
 use crate::proxy::upstream::{PoolSettings, Upstreams};
 use crate::transaction::Body;
@@ -245,22 +243,9 @@ impl OfflinePlugin {
                         json!({"route": name})
                     }
                     types::Target::Url(url) => {
-                        let uri: Uri = url
-                            .parse()
-                            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-                        let route = Route::for_url(&self.bound.run.name, &uri)?;
-                        let allowed = self
-                            .bound
-                            .grants
-                            .allowed_hosts
-                            .iter()
-                            .any(|a| a.allows(&route.host, route.port));
-                        if !allowed {
-                            return Err(format!(
-                                "forwarding to {} is not allowed: it is not on the channel's allowedHosts (offline: --allow-host)",
-                                route.authority
-                            ));
-                        }
+                        self.bound
+                            .url_target(&url)
+                            .map_err(|e| format!("{e} (offline: --allow-host)"))?;
                         json!({"url": url})
                     }
                 };

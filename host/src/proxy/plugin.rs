@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::Response;
 use http::uri::PathAndQuery;
-use http::{Response, Uri};
 use uuid::Uuid;
 
 use super::Proxy;
@@ -164,21 +164,7 @@ impl Proxy {
                         Target::Route(route.clone())
                     }
                     types::Target::Url(url) => {
-                        let uri: Uri = url
-                            .parse()
-                            .map_err(|e| invalid(format!("`{url}` is not a URL: {e}")))?;
-                        let route = Route::for_url(&bound.run.name, &uri).map_err(invalid)?;
-                        let allowed = bound
-                            .grants
-                            .allowed_hosts
-                            .iter()
-                            .any(|a| a.allows(&route.host, route.port));
-                        if !allowed {
-                            return Err(invalid(format!(
-                                "forwarding to {} is not allowed: it is not on the channel's allowedHosts",
-                                route.authority
-                            )));
-                        }
+                        let (route, uri) = bound.url_target(&url).map_err(invalid)?;
                         let path = uri
                             .path_and_query()
                             .cloned()
