@@ -178,6 +178,14 @@ fn round_trip(lang: &str, world: &str) {
     );
 
     let api = server.api();
+    // The host tells the languages apart by the producers their toolchains record; JavaScript and
+    // Python get the interpreted deadline.
+    let language = match lang {
+        "js" => "javascript",
+        other => other,
+    };
+    let stored = api.get(&format!("/plugins/{name}")).send().json();
+    assert_eq!(stored["versions"][0]["language"], language, "{stored}");
     let mut channel = plugin_channel_json(
         "scaffold",
         "^/.*$",

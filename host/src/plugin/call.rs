@@ -102,7 +102,7 @@ impl std::error::Error for DeadlineExceeded {}
 pub struct Code {
     pub sha256: String,
     pub size: u64,
-    /// The language it was written in (from its producers sections).
+    /// The language it was written in (from the marks its toolchain left in it).
     pub language: Language,
     pub(super) pre: InstancePre<HostState>,
     pub(super) router: router::GuestIndices,

@@ -1,17 +1,19 @@
-//! Which language a plugin was written in, read from its components' `producers` sections.
+//! Which language a plugin was written in, read from its component's `producers` and name sections.
 //!
 //! It matters for one thing: JavaScript and Python guests run an interpreter inside the component,
 //! so the same logic costs them tens of times the CPU it costs a compiled guest, and they get their
 //! own default deadline (`plugins.interpreted_deadline`). It is also shown by the plugin API.
 //!
-//! Every toolchain Mediary documents records itself: `rustc` writes `language: Rust` (and a
-//! stripped Rust component still names `wit-bindgen-rust`), clang `language: C11`, componentize-js `processed-by: componentize-js` (SpiderMonkey inside) and
-//! componentize-py `processed-by: componentize-py` (CPython inside, itself built from C, which is
-//! why the interpreters are looked for first).
+//! The toolchains Mediary documents leave these marks: `rustc` writes `language: Rust` (and a
+//! stripped Rust component still names `wit-bindgen-rust`), clang `language: C11`, componentize-js
+//! `processed-by: componentize-js` (SpiderMonkey inside). componentize-py records no producer of
+//! its own (its runtime even says `language: Rust`), so a Python component is known by the core
+//! modules its name section lists: `libpython3.x.so` and `libcomponentize_py_runtime.so`. The
+//! interpreters are looked for first.
 
 use std::fmt;
 
-use wasmparser::{KnownCustom, Parser, Payload};
+use wasmparser::{ComponentName, KnownCustom, Parser, Payload};
 
 /// The language a plugin was written in, as far as its producers tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,14 +38,29 @@ impl Language {
             let Ok(payload) = payload else {
                 break;
             };
-            if let Payload::CustomSection(section) = payload
-                && let KnownCustom::Producers(producers) = section.as_known()
-            {
-                for field in producers.into_iter().flatten() {
-                    for value in field.values.into_iter().flatten() {
-                        seen.note(field.name, value.name);
+            let Payload::CustomSection(section) = payload else {
+                continue;
+            };
+            match section.as_known() {
+                KnownCustom::Producers(producers) => {
+                    for field in producers.into_iter().flatten() {
+                        for value in field.values.into_iter().flatten() {
+                            seen.note(field.name, value.name);
+                        }
                     }
                 }
+                KnownCustom::ComponentName(names) => {
+                    for subsection in names.into_iter().flatten() {
+                        if let ComponentName::CoreModules(map) | ComponentName::CoreInstances(map) =
+                            subsection
+                        {
+                            for naming in map.into_iter().flatten() {
+                                seen.note_module(naming.name);
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         seen.language()
@@ -101,6 +118,15 @@ impl Seen {
             }
             _ => {}
         }
+    }
+
+    /// A core module's name in the component's name section. componentize-py records no producer
+    /// of its own but links CPython as `libpython3.x.so` and its runtime as
+    /// `libcomponentize_py_runtime.so`.
+    fn note_module(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        self.python |= name.starts_with("libpython") || name.contains("componentize_py");
+        self.javascript |= name.contains("componentizejs") || name.contains("starlingmonkey");
     }
 
     fn language(&self) -> Language {

@@ -53,7 +53,7 @@ pub struct PluginVersion {
     pub uploaded_by: String,
     /// Whether it transforms responses (exports `transformer`) besides routing.
     pub transforms: bool,
-    /// The language it was written in, from its producers sections (`javascript`, `python`, `rust`,
+    /// The language it was written in, from the marks its toolchain left (`javascript`, `python`, `rust`,
     /// `c`, `other`); absent in documents stored before Mediary recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
