@@ -41,161 +41,80 @@ use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 
-/// One of OpenHIM 8.5's role permissions (`src/model/role.js`), named as there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Permission {
-    ChannelViewAll,
-    ChannelViewSpecified,
-    ChannelManageAll,
-    ChannelManageSpecified,
-    ClientViewAll,
-    ClientViewSpecified,
-    ClientManageAll,
-    ClientManageSpecified,
-    ClientRoleViewAll,
-    ClientRoleViewSpecified,
-    ClientRoleManageAll,
-    ClientRoleManageSpecified,
-    TransactionViewAll,
-    TransactionViewSpecified,
-    TransactionViewBodyAll,
-    TransactionViewBodySpecified,
-    TransactionRerunAll,
-    TransactionRerunSpecified,
-    UserView,
-    UserManage,
-    UserRoleView,
-    UserRoleManage,
-    AuditTrailView,
-    AuditTrailManage,
-    ContactListView,
-    ContactListManage,
-    MediatorViewAll,
-    MediatorViewSpecified,
-    MediatorManageAll,
-    MediatorManageSpecified,
-    CertificatesView,
-    CertificatesManage,
-    LogsView,
-    ImportExport,
-    AppViewAll,
-    AppViewSpecified,
-    AppManageAll,
-    AppManageSpecified,
-    AuthTypeViewAll,
-    EventsViewAll,
-    MetadataViewAll,
-    MetadataManageAll,
-    ServiceManage,
-    VisualizerManage,
-    VisualizerView,
+/// Declares [`Permission`] from one table (variant and OpenHIM's name, in OpenHIM's order), so the
+/// enum, [`Permission::ALL`] and [`Permission::name`] cannot disagree.
+macro_rules! permissions {
+    ($($variant:ident => $name:literal,)*) => {
+        /// One of OpenHIM 8.5's role permissions (`src/model/role.js`), named as there.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Permission {
+            $($variant,)*
+        }
+
+        impl Permission {
+            /// Every permission, in OpenHIM's order.
+            pub const ALL: [Permission; [$(Permission::$variant),*].len()] =
+                [$(Permission::$variant),*];
+
+            /// OpenHIM's name for it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Permission::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+permissions! {
+    ChannelViewAll => "channel-view-all",
+    ChannelViewSpecified => "channel-view-specified",
+    ChannelManageAll => "channel-manage-all",
+    ChannelManageSpecified => "channel-manage-specified",
+    ClientViewAll => "client-view-all",
+    ClientViewSpecified => "client-view-specified",
+    ClientManageAll => "client-manage-all",
+    ClientManageSpecified => "client-manage-specified",
+    ClientRoleViewAll => "client-role-view-all",
+    ClientRoleViewSpecified => "client-role-view-specified",
+    ClientRoleManageAll => "client-role-manage-all",
+    ClientRoleManageSpecified => "client-role-manage-specified",
+    TransactionViewAll => "transaction-view-all",
+    TransactionViewSpecified => "transaction-view-specified",
+    TransactionViewBodyAll => "transaction-view-body-all",
+    TransactionViewBodySpecified => "transaction-view-body-specified",
+    TransactionRerunAll => "transaction-rerun-all",
+    TransactionRerunSpecified => "transaction-rerun-specified",
+    UserView => "user-view",
+    UserManage => "user-manage",
+    UserRoleView => "user-role-view",
+    UserRoleManage => "user-role-manage",
+    AuditTrailView => "audit-trail-view",
+    AuditTrailManage => "audit-trail-manage",
+    ContactListView => "contact-list-view",
+    ContactListManage => "contact-list-manage",
+    MediatorViewAll => "mediator-view-all",
+    MediatorViewSpecified => "mediator-view-specified",
+    MediatorManageAll => "mediator-manage-all",
+    MediatorManageSpecified => "mediator-manage-specified",
+    CertificatesView => "certificates-view",
+    CertificatesManage => "certificates-manage",
+    LogsView => "logs-view",
+    ImportExport => "import-export",
+    AppViewAll => "app-view-all",
+    AppViewSpecified => "app-view-specified",
+    AppManageAll => "app-manage-all",
+    AppManageSpecified => "app-manage-specified",
+    AuthTypeViewAll => "auth-type-view-all",
+    EventsViewAll => "events-view-all",
+    MetadataViewAll => "metadata-view-all",
+    MetadataManageAll => "metadata-manage-all",
+    ServiceManage => "service-manage",
+    VisualizerManage => "visualizer-manage",
+    VisualizerView => "visualizer-view",
 }
 
 impl Permission {
-    /// Every permission, in OpenHIM's order.
-    pub const ALL: [Permission; 45] = {
-        use Permission::*;
-        [
-            ChannelViewAll,
-            ChannelViewSpecified,
-            ChannelManageAll,
-            ChannelManageSpecified,
-            ClientViewAll,
-            ClientViewSpecified,
-            ClientManageAll,
-            ClientManageSpecified,
-            ClientRoleViewAll,
-            ClientRoleViewSpecified,
-            ClientRoleManageAll,
-            ClientRoleManageSpecified,
-            TransactionViewAll,
-            TransactionViewSpecified,
-            TransactionViewBodyAll,
-            TransactionViewBodySpecified,
-            TransactionRerunAll,
-            TransactionRerunSpecified,
-            UserView,
-            UserManage,
-            UserRoleView,
-            UserRoleManage,
-            AuditTrailView,
-            AuditTrailManage,
-            ContactListView,
-            ContactListManage,
-            MediatorViewAll,
-            MediatorViewSpecified,
-            MediatorManageAll,
-            MediatorManageSpecified,
-            CertificatesView,
-            CertificatesManage,
-            LogsView,
-            ImportExport,
-            AppViewAll,
-            AppViewSpecified,
-            AppManageAll,
-            AppManageSpecified,
-            AuthTypeViewAll,
-            EventsViewAll,
-            MetadataViewAll,
-            MetadataManageAll,
-            ServiceManage,
-            VisualizerManage,
-            VisualizerView,
-        ]
-    };
-
-    /// OpenHIM's name for it.
-    pub fn name(self) -> &'static str {
-        use Permission::*;
-        match self {
-            ChannelViewAll => "channel-view-all",
-            ChannelViewSpecified => "channel-view-specified",
-            ChannelManageAll => "channel-manage-all",
-            ChannelManageSpecified => "channel-manage-specified",
-            ClientViewAll => "client-view-all",
-            ClientViewSpecified => "client-view-specified",
-            ClientManageAll => "client-manage-all",
-            ClientManageSpecified => "client-manage-specified",
-            ClientRoleViewAll => "client-role-view-all",
-            ClientRoleViewSpecified => "client-role-view-specified",
-            ClientRoleManageAll => "client-role-manage-all",
-            ClientRoleManageSpecified => "client-role-manage-specified",
-            TransactionViewAll => "transaction-view-all",
-            TransactionViewSpecified => "transaction-view-specified",
-            TransactionViewBodyAll => "transaction-view-body-all",
-            TransactionViewBodySpecified => "transaction-view-body-specified",
-            TransactionRerunAll => "transaction-rerun-all",
-            TransactionRerunSpecified => "transaction-rerun-specified",
-            UserView => "user-view",
-            UserManage => "user-manage",
-            UserRoleView => "user-role-view",
-            UserRoleManage => "user-role-manage",
-            AuditTrailView => "audit-trail-view",
-            AuditTrailManage => "audit-trail-manage",
-            ContactListView => "contact-list-view",
-            ContactListManage => "contact-list-manage",
-            MediatorViewAll => "mediator-view-all",
-            MediatorViewSpecified => "mediator-view-specified",
-            MediatorManageAll => "mediator-manage-all",
-            MediatorManageSpecified => "mediator-manage-specified",
-            CertificatesView => "certificates-view",
-            CertificatesManage => "certificates-manage",
-            LogsView => "logs-view",
-            ImportExport => "import-export",
-            AppViewAll => "app-view-all",
-            AppViewSpecified => "app-view-specified",
-            AppManageAll => "app-manage-all",
-            AppManageSpecified => "app-manage-specified",
-            AuthTypeViewAll => "auth-type-view-all",
-            EventsViewAll => "events-view-all",
-            MetadataViewAll => "metadata-view-all",
-            MetadataManageAll => "metadata-manage-all",
-            ServiceManage => "service-manage",
-            VisualizerManage => "visualizer-manage",
-            VisualizerView => "visualizer-view",
-        }
-    }
-
     /// The permission named `name` (OpenHIM's spelling), if any.
     pub fn parse(name: &str) -> Option<Permission> {
         Permission::ALL.into_iter().find(|p| p.name() == name)
