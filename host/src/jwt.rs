@@ -183,15 +183,7 @@ pub fn parse_settings(
             .map_err(|e| ("jwks_file", e)),
         (_, None, None, None, None) => unreachable_sources(),
     };
-    let keys = match keys {
-        Ok(keys) => keys,
-        Err((field, reason)) => {
-            f.error(field, reason);
-            f.finish();
-            return None;
-        }
-    };
-    f.finish();
+    let keys = f.finish_with(keys)?;
     Some(JwtSettings {
         algorithm,
         keys,

@@ -298,15 +298,7 @@ pub fn parse_settings(
             return None;
         }
     };
-    let material = match read_material(&cert_file, &key_file, &client_ca_files) {
-        Ok(material) => material,
-        Err((field, reason)) => {
-            f.error(field, reason);
-            f.finish();
-            return None;
-        }
-    };
-    f.finish();
+    let material = f.finish_with(read_material(&cert_file, &key_file, &client_ca_files))?;
     Some(TlsSettings {
         cert_file,
         key_file,

@@ -177,6 +177,20 @@ impl<'v, 'e> Fields<'v, 'e> {
         .unwrap_or(default)
     }
 
+    /// Finishes the table with the outcome of a check that spans several fields (reading the files
+    /// they name): its error, if any, is reported on the field it names, and the value comes back.
+    pub fn finish_with<T>(mut self, checked: Result<T, (&str, String)>) -> Option<T> {
+        let value = match checked {
+            Ok(value) => Some(value),
+            Err((key, reason)) => {
+                self.error(key, reason);
+                None
+            }
+        };
+        self.finish();
+        value
+    }
+
     /// Reports every key that no accessor asked for.
     pub fn finish(self) {
         let Some(map) = self.map else { return };
