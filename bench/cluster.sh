@@ -883,21 +883,10 @@ report() {
     echo "An estimate, not a measurement: where Mediary's own core is the limit and Redis runs elsewhere (its own machine, as in production), req/s would go as 1 / Mediary's CPU per request, so the Redis store would reach about $(awk -v e="${US_M[embedded]}" -v r="${US_M[redis]}" 'BEGIN { printf "%.2f", e / r }') of the embedded store's req/s (${US_M[embedded]} µs / ${US_M[redis]} µs). The measured ratio above is lower by what Redis' own CPU takes from the same machine."
   fi
 
-  if ((${#NOTES[@]} > 0)); then
-    echo
-    echo "## Notes"
-    echo
-    local n
-    for n in "${NOTES[@]}"; do echo "- $n"; done
-  fi
+  notes_list "## Notes"
 }
 
-mkdir -p "$RESULTS_DIR"
-OUT_FILE=$RESULTS_DIR/cluster-$(date '+%Y-%m-%d-%H%M%S').md
-report >"$OUT_FILE"
-echo
-cat "$OUT_FILE"
-echo
+write_report cluster
 log "report written to $OUT_FILE"
 if ((FAILED)); then
   log "some measurements or checks failed"

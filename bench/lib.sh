@@ -439,6 +439,31 @@ cpu_cap() {
   CGROUPS+=("$dir")
 }
 
+# ------------------------------------------------------------------- report
+
+# notes_list HEADING — a blank line, HEADING and the script's NOTES as a Markdown list; nothing
+# when there are none.
+notes_list() {
+  ((${#NOTES[@]} > 0)) || return 0
+  local n
+  echo
+  echo "$1"
+  echo
+  for n in "${NOTES[@]}"; do echo "- $n"; done
+}
+
+# write_report NAME — the script's `report` into RESULTS_DIR/NAME-<date>.md, shown on stdout;
+# the file in OUT_FILE.
+OUT_FILE=""
+write_report() {
+  mkdir -p "$RESULTS_DIR"
+  OUT_FILE=$RESULTS_DIR/$1-$(date '+%Y-%m-%d-%H%M%S').md
+  report >"$OUT_FILE"
+  echo
+  cat "$OUT_FILE"
+  echo
+}
+
 # ---------------------------------------------------------------------- wrk
 
 # check_body URL BYTES — one request (METHOD) and check status and length.
@@ -453,14 +478,17 @@ check_body() {
   return 1
 }
 
-# wrk_run CONNS DURATION URL OUT — wrk (WRK_THREADS threads, never more than
-# CONNS) with wrk-report.lua, pinned to LOAD_CPU, bounded in time. The body
-# of a POST is TMP/www/<the URL's last segment>.
+# wrk_run CONNS DURATION URL OUT [HEADER] — wrk (WRK_THREADS threads, never
+# more than CONNS) with wrk-report.lua, pinned to LOAD_CPU, bounded in time,
+# sending HEADER ("Name: value") with every request if given. The body of a
+# POST is TMP/www/<the URL's last segment>.
 wrk_run() {
-  local c=$1 d=$2 url=$3 out=$4 t=$WRK_THREADS guard pid rc=0
+  local c=$1 d=$2 url=$3 out=$4 header=${5:-} t=$WRK_THREADS guard pid rc=0
   if ((t > c)); then t=$c; fi
   guard=$(($(secs "$d") + 30))
-  local cmd=(env WRK_METHOD="$METHOD" WRK_BODY_FILE="$TMP/www/${url##*/}" timeout -k 5 "$guard" wrk -t "$t" -c "$c" -d "$d" --latency -s "$LUA" "$url")
+  local cmd=(env WRK_METHOD="$METHOD" WRK_BODY_FILE="$TMP/www/${url##*/}" timeout -k 5 "$guard" wrk -t "$t" -c "$c" -d "$d" --latency -s "$LUA")
+  if [[ -n $header ]]; then cmd+=(-H "$header"); fi
+  cmd+=("$url")
   if pinning; then cmd=(taskset -c "$LOAD_CPU" "${cmd[@]}"); fi
   "${cmd[@]}" >"$out" 2>&1 &
   pid=$!

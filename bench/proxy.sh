@@ -421,21 +421,10 @@ report() {
       done
     done
   done
-  if ((${#NOTES[@]} > 0)); then
-    echo
-    echo "Notes:"
-    echo
-    local n
-    for n in "${NOTES[@]}"; do echo "- $n"; done
-  fi
+  notes_list "Notes:"
 }
 
-mkdir -p "$RESULTS_DIR"
-OUT_FILE=$RESULTS_DIR/proxy-$(date '+%Y-%m-%d-%H%M%S').md
-report >"$OUT_FILE"
-echo
-cat "$OUT_FILE"
-echo
+write_report proxy
 log "report written to $OUT_FILE"
 if ((FAILED)); then
   log "some measurements failed (marked 'fail')"

@@ -95,23 +95,6 @@ NOTES=()
 FAILED=0
 fail_point() { FAILS[$1]=1; }
 
-# wrk_h CONNS DURATION URL OUT [HEADER] — wrk_run with an optional request header.
-wrk_h() {
-  local c=$1 d=$2 url=$3 out=$4 header=${5:-} t=$WRK_THREADS guard pid rc=0
-  if ((t > c)); then t=$c; fi
-  guard=$(($(secs "$d") + 30))
-  local cmd=(timeout -k 5 "$guard" wrk -t "$t" -c "$c" -d "$d" --latency -s "$LUA")
-  if [[ -n $header ]]; then cmd+=(-H "$header"); fi
-  cmd+=("$url")
-  if pinning; then cmd=(taskset -c "$LOAD_CPU" "${cmd[@]}"); fi
-  "${cmd[@]}" >"$out" 2>&1 &
-  pid=$!
-  track_pid "$pid"
-  wait "$pid" || rc=$?
-  untrack_pid "$pid"
-  return "$rc"
-}
-
 # check_url TARGET SIZE — one request through TARGET: status 200 and the body's length.
 check_url() {
   local target=$1 s=$2 got hdr=()
@@ -128,7 +111,7 @@ run_point() {
   [[ -n ${FAILS[$key]:-} ]] && return 0
   url="${URL_OF[$target]}/$s"
   if [[ $WARMUP != 0 ]]; then
-    wrk_h "$c" "$WARMUP" "$url" "$TMP/wrk-$target-$s-$c-r$round-warmup.txt" "${HEADER_OF[$target]:-}" || true
+    wrk_run "$c" "$WARMUP" "$url" "$TMP/wrk-$target-$s-$c-r$round-warmup.txt" "${HEADER_OF[$target]:-}" || true
   fi
   out="$TMP/wrk-$target-$s-$c-r$round.txt"
   log "$target $s c=$c: wrk -d $DURATION"
@@ -139,7 +122,7 @@ run_point() {
   t0_p=$(cpu_ticks "${PID_OF[$target]}")
   t0_l=$(machine_ticks "$LOAD_CPU")
   t0=$(date +%s%N)
-  wrk_h "$c" "$DURATION" "$url" "$out" "${HEADER_OF[$target]:-}" || rc=$?
+  wrk_run "$c" "$DURATION" "$url" "$out" "${HEADER_OF[$target]:-}" || rc=$?
   t1_p=$(cpu_ticks "${PID_OF[$target]}")
   t1_l=$(machine_ticks "$LOAD_CPU")
   t1=$(date +%s%N)
@@ -368,21 +351,10 @@ report() {
   echo
   for v in "${VERDICTS[@]}"; do echo "- $v"; done
   if [[ -n $AUTH_SKIPPED ]]; then echo "- SKIP basic/public: $AUTH_SKIPPED"; fi
-  if ((${#NOTES[@]} > 0)); then
-    echo
-    echo "Notes:"
-    echo
-    local n
-    for n in "${NOTES[@]}"; do echo "- $n"; done
-  fi
+  notes_list "Notes:"
 }
 
-mkdir -p "$RESULTS_DIR"
-OUT_FILE=$RESULTS_DIR/tls-$(date '+%Y-%m-%d-%H%M%S').md
-report >"$OUT_FILE"
-echo
-cat "$OUT_FILE"
-echo
+write_report tls
 for v in "${VERDICTS[@]}"; do echo "$v"; done
 log "report written to $OUT_FILE"
 if ((FAILED)); then exit 1; fi
