@@ -1,13 +1,7 @@
 //! Builds the JavaScript and Python example plugins (`plugins/js/<name>`, `plugins/python/<name>`)
-//! by their folders' conventions, at most once per test process and folder, and gives the
-//! component's path.
-//!
-//! - JavaScript: `npm ci` (skipped when `node_modules` is newer than `package-lock.json`), then
-//!   `npm run build`; the component is the one `.wasm` in `dist/`.
-//! - Python: `python3 -m venv .venv` and `.venv/bin/pip install -r requirements.txt` (skipped when
-//!   the venv's `componentize-py` is newer than `requirements.txt`), then
-//!   `.venv/bin/componentize-py -d <wit> -w <world> componentize <module> -o dist/<folder>.wasm`,
-//!   with `wit`, `world` and `module` from `pyproject.toml`'s `[tool.mediary]` table.
+//! with `mediary plugin build` (the binary under test: `npm ci` / `npm run build`, or a `.venv`
+//! with the pinned componentize-py, by the folder's build file), at most once per test process and
+//! folder, and gives the component's path: the one `.wasm` in the folder's `dist/`.
 //!
 //! A component newer than every source file of its folder (and `wit/`) is not built again, so a
 //! re-run costs nothing and Mediary's compile cache, keyed by the component's digest, still holds.
@@ -15,6 +9,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::binary::mediary_bin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -27,12 +23,12 @@ pub fn repo_root() -> &'static Path {
 
 /// The component built from `plugins/js/<name>`.
 pub fn js_plugin(name: &str) -> PathBuf {
-    once(repo_root().join("plugins/js").join(name), build_js)
+    once(repo_root().join("plugins/js").join(name))
 }
 
 /// The component built from `plugins/python/<name>`.
 pub fn python_plugin(name: &str) -> PathBuf {
-    once(repo_root().join("plugins/python").join(name), build_python)
+    once(repo_root().join("plugins/python").join(name))
 }
 
 /// Held while a guest is built or a Mediary compiles components at start: each takes both cores of
@@ -43,8 +39,8 @@ pub fn heavy_work() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs `build` for `dir` once per process; concurrent callers for the same folder wait for it.
-fn once(dir: PathBuf, build: fn(&Path) -> PathBuf) -> PathBuf {
+/// Builds `dir` once per process; concurrent callers for the same folder wait for it.
+fn once(dir: PathBuf) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<PathBuf, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let cell = BUILT
         .get_or_init(Mutex::default)
@@ -71,126 +67,31 @@ fn once(dir: PathBuf, build: fn(&Path) -> PathBuf) -> PathBuf {
     .clone()
 }
 
-fn build_js(dir: &Path) -> PathBuf {
+/// `mediary plugin build DIR`, unless the component in `dist/` is newer than its sources.
+fn build(dir: &Path) -> PathBuf {
     let dist = dir.join("dist");
     if let Some(wasm) = single_wasm(&dist).filter(|wasm| up_to_date(dir, wasm)) {
         return wasm;
     }
-    const NODE: &str = "install Node.js 20 or later (with npm) to build the JavaScript plugins";
-    // npm writes node_modules/.package-lock.json at every install: older than the lock, stale.
-    if !newer_than(
-        &dir.join("node_modules/.package-lock.json"),
-        &dir.join("package-lock.json"),
-    ) {
-        run(Command::new("npm").arg("ci").current_dir(dir), NODE);
-    }
-    run(
-        Command::new("npm").args(["run", "build"]).current_dir(dir),
-        NODE,
+    let output = Command::new(mediary_bin())
+        .args(["plugin", "build"])
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run mediary plugin build: {error}"));
+    assert!(
+        output.status.success(),
+        "`mediary plugin build {}` failed ({}; it needs Node.js 20 with npm for JavaScript, Python 3.11 with venv for Python):\n{}\n{}",
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
     single_wasm(&dist).unwrap_or_else(|| {
         panic!(
-            "`npm run build` in {} left no single .wasm in dist/",
+            "`mediary plugin build {}` left no single .wasm in dist/",
             dir.display()
         )
     })
-}
-
-fn build_python(dir: &Path) -> PathBuf {
-    let project = dir.join("pyproject.toml");
-    let text = std::fs::read_to_string(&project)
-        .unwrap_or_else(|error| panic!("reading {}: {error}", project.display()));
-    let setting = |key: &str| {
-        tool_mediary(&text, key).unwrap_or_else(|| {
-            panic!(
-                "{} has no `{key} = \"...\"` in its [tool.mediary] table",
-                project.display()
-            )
-        })
-    };
-    let (world, wit, module) = (setting("world"), setting("wit"), setting("module"));
-    let name = dir
-        .file_name()
-        .expect("a plugin folder has a name")
-        .to_string_lossy();
-    let wasm = dir.join("dist").join(format!("{name}.wasm"));
-    if wasm.is_file() && up_to_date(dir, &wasm) {
-        return wasm;
-    }
-    const PYTHON: &str =
-        "install Python 3.11 or later (with venv and pip) to build the Python plugins";
-    let venv = dir.join(".venv");
-    let componentize = venv.join("bin/componentize-py");
-    if !newer_than(&componentize, &dir.join("requirements.txt")) {
-        run(
-            Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .current_dir(dir),
-            PYTHON,
-        );
-        run(
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "-r", "requirements.txt"])
-                .current_dir(dir),
-            PYTHON,
-        );
-    }
-    std::fs::create_dir_all(dir.join("dist"))
-        .unwrap_or_else(|error| panic!("creating {}/dist: {error}", dir.display()));
-    run(
-        Command::new(&componentize)
-            .args([
-                "--quiet",
-                "-d",
-                &wit,
-                "-w",
-                &world,
-                "componentize",
-                &module,
-                "-o",
-            ])
-            .arg(&wasm)
-            .current_dir(dir),
-        PYTHON,
-    );
-    wasm
-}
-
-/// The string value of `key` in the `[tool.mediary]` table of a `pyproject.toml` (only the
-/// `key = "value"` lines that table uses).
-fn tool_mediary(pyproject: &str, key: &str) -> Option<String> {
-    let mut in_table = false;
-    for line in pyproject.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_table = line == "[tool.mediary]";
-            continue;
-        }
-        if !in_table {
-            continue;
-        }
-        let Some((name, value)) = line.split_once('=') else {
-            continue;
-        };
-        if name.trim() == key {
-            let value = value.trim();
-            return value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .map(str::to_owned);
-        }
-    }
-    None
-}
-
-/// Whether `path` exists and was modified after `than` (or `than` does not exist).
-fn newer_than(path: &Path, than: &Path) -> bool {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (modified(path), modified(than)) {
-        (Some(path), Some(than)) => path > than,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
 }
 
 /// The only `.wasm` file in `dist`, if there is exactly one.
@@ -230,51 +131,4 @@ fn newest(path: &Path) -> SystemTime {
         .map(|entry| newest(&entry.path()))
         .max()
         .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-/// Runs `command` to completion; panics with its output when it fails, or with `missing` when its
-/// program cannot be found.
-fn run(command: &mut Command, missing: &str) {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let shown = format!(
-        "`{program} {}` in {}",
-        command
-            .get_args()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" "),
-        command
-            .get_current_dir()
-            .map_or_else(|| ".".into(), |d| d.display().to_string())
-    );
-    let output = match command.output() {
-        Ok(output) => output,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            panic!("{program} was not found: {missing}")
-        }
-        Err(error) => panic!("cannot run {shown}: {error}"),
-    };
-    assert!(
-        output.status.success(),
-        "{shown} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-#[cfg(test)]
-mod unit {
-    use super::tool_mediary;
-
-    #[test]
-    fn reads_the_tool_mediary_table() {
-        let text = "[project]\nname = \"x\"\nmodule = \"no\"\n\n[tool.mediary]\n# comment\nworld = \"router-plugin\"\nmodule = \"app\"\n[other]\nwit = \"no\"\n";
-        assert_eq!(
-            tool_mediary(text, "world").as_deref(),
-            Some("router-plugin")
-        );
-        assert_eq!(tool_mediary(text, "module").as_deref(), Some("app"));
-        assert_eq!(tool_mediary(text, "wit"), None);
-    }
 }
