@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use serde_json::Value;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -375,7 +375,7 @@ impl kv::Host for HostState {
 /// An outbound request checked against the grants: where it goes and what it is.
 struct Outbound {
     route: Route,
-    request: Request<Full<Bytes>>,
+    request: Request<Bytes>,
     record: RequestRecord,
     timeout: Duration,
 }
@@ -440,7 +440,7 @@ impl HostState {
             body_truncated,
             timestamp: Timestamp::now(),
         };
-        let mut outgoing = Request::new(Full::new(body));
+        let mut outgoing = Request::new(body);
         *outgoing.method_mut() = method;
         *outgoing.uri_mut() =
             Uri::try_from(path_and_query).map_err(|e| Error::InvalidRequest(e.to_string()))?;
@@ -478,7 +478,7 @@ impl outbound_http::Host for HostState {
         let recording = call.recording.clone();
         let limit = usize::try_from(self.grants.outbound_max_response).unwrap_or(usize::MAX);
         let exchange = async {
-            let (response, lease) = upstreams
+            let response = upstreams
                 .send(&route, request)
                 .await
                 .map_err(|e| Error::ConnectionFailed(e.to_string()))?;
@@ -494,7 +494,6 @@ impl outbound_http::Host for HostState {
                     }
                 })?
                 .to_bytes();
-            lease.release();
             Ok((parts, body))
         };
         let result = self

@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::conn::RequestGuard;
 use super::record::TxRecording;
-use super::upstream::Lease;
+use super::upstream;
 use crate::recorder::spool::SpoolError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,18 +43,16 @@ impl ProxyBody {
         }
     }
 
-    /// Streams an upstream body, failing it if the upstream goes quiet for `idle`. The connection's
-    /// lease goes back to the pool when the body has been read to its end.
+    /// Streams an upstream body, failing it if the upstream goes quiet for `idle`. The body's
+    /// connection goes back to the pool when it has been read to its end.
     pub fn upstream(
-        body: Incoming,
-        lease: Lease,
+        body: upstream::Body,
         idle: Duration,
         guard: Option<RequestGuard>,
         recording: Option<Arc<TxRecording>>,
     ) -> Self {
-        let mut up = UpstreamBody {
+        let up = UpstreamBody {
             body,
-            lease: Some(lease),
             idle,
             timer: None,
             armed: false,
@@ -72,7 +69,6 @@ impl ProxyBody {
                 })
             }),
         };
-        up.release_if_done();
         ProxyBody {
             kind: Kind::Upstream(up),
             _guard: guard,
@@ -84,9 +80,8 @@ impl ProxyBody {
 /// has to wait.
 #[derive(Debug)]
 struct UpstreamBody {
-    body: Incoming,
-    /// The connection the body comes on; returned to the pool at the end, closed if abandoned.
-    lease: Option<Lease>,
+    /// Returns its connection to the pool at the end; closes it if abandoned.
+    body: upstream::Body,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -216,9 +211,6 @@ impl UpstreamBody {
         match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 self.armed = false;
-                if matches!(frame, None | Some(Ok(_))) {
-                    self.release_if_done();
-                }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
             Poll::Pending => {
@@ -237,14 +229,6 @@ impl UpstreamBody {
                     Poll::Pending => Poll::Pending,
                 }
             }
-        }
-    }
-
-    fn release_if_done(&mut self) {
-        if self.body.is_end_stream()
-            && let Some(lease) = self.lease.take()
-        {
-            lease.release();
         }
     }
 }

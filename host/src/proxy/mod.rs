@@ -20,6 +20,7 @@ pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod h1;
 pub mod headers;
 mod plugin;
 pub mod record;
@@ -35,7 +36,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri, header};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -51,7 +52,7 @@ use conn::{ConnState, RequestGuard};
 use error::{ProxyError, root_cause};
 use headers::{X_MEDIARY_TRANSACTION_ID, X_OPENHIM_TRANSACTIONID};
 use record::{RequestFacts, TxRecording, answer_record, route_exchange};
-use upstream::{Lease, PoolSettings, UpstreamError, Upstreams};
+use upstream::{PoolSettings, UpstreamError, Upstreams};
 
 /// One worker's proxy: the shared state plus this worker's own upstream connection pool and spool.
 pub struct Proxy {
@@ -84,13 +85,15 @@ struct Admitted {
     /// The authenticated client's clientID (sent upstream as `X-OpenHIM-ClientID`, recorded).
     client_id: Option<String>,
     parent: Option<Uuid>,
-    started: Instant,
+    /// When the request began, for its record; `None` when recording is off (no clock read).
+    started: Option<Instant>,
 }
 
 /// The primary's answer, as it goes back to the client.
 enum Answer {
-    /// Streamed: the response, the lease of its connection, and the inactivity timeout for its body.
-    Streamed(Response<Incoming>, Lease, Duration),
+    /// Streamed: the response (whose body holds its connection) and the inactivity timeout for its
+    /// body.
+    Streamed(Response<upstream::Body>, Duration),
     /// Read whole first: a small body of a recorded transaction (see [`BUFFERED_BODY`]).
     Buffered(Response<Bytes>),
 }
@@ -188,7 +191,7 @@ impl Proxy {
         request: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Admitted, ProxyError> {
-        let started = Instant::now();
+        let started = self.spool.is_some().then(Instant::now);
         let channel = self.match_channel(request.method(), request.uri().path())?;
         let client_ip = headers::canonical_ip(remote.ip());
         let client_id = self.authenticate(&channel, &request, client_ip).await?;
@@ -276,7 +279,7 @@ impl Proxy {
                 client_ip,
                 client_id: client_id.as_deref(),
                 parent,
-                started,
+                started: started.unwrap_or_else(Instant::now),
             };
             let config = &self.shared.config;
             let begun = TxRecording::begin(
@@ -406,14 +409,13 @@ impl Proxy {
         };
         let mut upstream_status = None;
         let outcome = match outcome {
-            Ok((response, lease)) => {
+            Ok(response) => {
                 upstream_status = Some(response.status());
                 let response = client_response(response, &parts.method);
                 match turn.as_mut().filter(|t| t.transforms()) {
                     Some(turn) => {
                         let limit = self.body_limit(&channel);
-                        match read_limited(response, lease, timeout, &channel, &route, limit).await
-                        {
+                        match read_limited(response, timeout, &channel, &route, limit).await {
                             Ok(response) => self
                                 .transform(&channel, turn, response, recording.as_ref())
                                 .await
@@ -428,9 +430,9 @@ impl Proxy {
                             .exact()
                             .is_some_and(|n| n > 0 && n <= BUFFERED_BODY);
                         if recording.is_some() && small {
-                            read_whole(response, lease, timeout, &channel, &route).await
+                            read_whole(response, timeout, &channel, &route).await
                         } else {
-                            Ok(Answer::Streamed(response, lease, timeout))
+                            Ok(Answer::Streamed(response, timeout))
                         }
                     }
                 }
@@ -465,9 +467,9 @@ impl Proxy {
         &self,
         channel: &Channel,
         route: &Route,
-        request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
         timeout: Duration,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    ) -> Result<Response<upstream::Body>, ProxyError> {
         let sent = tokio::time::timeout(timeout, self.upstreams.send(route, request)).await;
         let (channel, route) = (channel.name.clone(), route.name.clone());
         match sent {
@@ -513,18 +515,17 @@ impl Proxy {
         self.background.spawn(async move {
             let exchange_result = async {
                 let request = request.map_err(|e| e.to_string())?;
-                let (response, lease) = upstreams
+                let response = upstreams
                     .send(&route, request)
                     .await
                     .map_err(|e| e.to_string())?;
                 let (parts, body) = response.into_parts();
-                // Read it to the end so the connection can serve again.
+                // Read to its end, which also lets the connection serve again.
                 let body = body
                     .collect()
                     .await
                     .map_err(|e| UpstreamError::Exchange(root_cause(&e)).to_string())?
                     .to_bytes();
-                lease.release();
                 Ok::<_, String>((parts, body))
             };
             let names = (&channel.name, &route.name);
@@ -573,7 +574,7 @@ impl Proxy {
                 }
                 Response::from_parts(parts, ProxyBody::full(body, guard))
             }
-            Ok(Answer::Streamed(response, lease, idle)) => {
+            Ok(Answer::Streamed(response, idle)) => {
                 let (parts, body) = response.into_parts();
                 let recording = match recording {
                     Some(rec) => {
@@ -594,10 +595,7 @@ impl Proxy {
                     }
                     None => None,
                 };
-                Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(body, lease, idle, guard, recording),
-                )
+                Response::from_parts(parts, ProxyBody::upstream(body, idle, guard, recording))
             }
             Err((error, route)) => {
                 let id_str = id.to_str().unwrap_or("");
@@ -674,8 +672,7 @@ impl Proxy {
 /// giving the connection back to the pool. A body that fails is the upstream's failure, and since the
 /// client has seen nothing yet it gets a proper error response.
 async fn read_whole(
-    response: Response<Incoming>,
-    lease: Lease,
+    response: Response<upstream::Body>,
     idle: Duration,
     channel: &Channel,
     route: &Route,
@@ -687,13 +684,10 @@ async fn read_whole(
         cause,
     };
     match tokio::time::timeout(idle, body.collect()).await {
-        Ok(Ok(collected)) => {
-            lease.release();
-            Ok(Answer::Buffered(Response::from_parts(
-                parts,
-                collected.to_bytes(),
-            )))
-        }
+        Ok(Ok(collected)) => Ok(Answer::Buffered(Response::from_parts(
+            parts,
+            collected.to_bytes(),
+        ))),
         Ok(Err(error)) => Err(failed(root_cause(&error))),
         Err(_) => Err(failed(format!(
             "the response body did not arrive within {} ms",
@@ -721,7 +715,7 @@ fn upstream_request(
     mut headers: http::HeaderMap,
     body: Bytes,
     channel: &Channel,
-) -> Result<Request<Full<Bytes>>, ProxyError> {
+) -> Result<Request<Bytes>, ProxyError> {
     let path_and_query = match (&route.rewrite, parts.uri.path_and_query()) {
         (PathRewrite::Keep, Some(original)) => original.clone(),
         _ => {
@@ -742,7 +736,7 @@ fn upstream_request(
         route.basic_auth.as_ref(),
     );
     headers.insert(header::HOST, route.host_header.clone());
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = Uri::from(path_and_query);
     *request.headers_mut() = headers;
@@ -753,7 +747,10 @@ fn upstream_request(
 /// recomputes framing from the body), except the `Content-Length` of bodiless answers to HEAD and 304,
 /// which describes the resource rather than the message. The HTTP version is the client's connection's
 /// business, not the upstream's: an HTTP/1.0 upstream must not turn the client's answer into HTTP/1.0.
-fn client_response(response: Response<Incoming>, method: &Method) -> Response<Incoming> {
+fn client_response(
+    response: Response<upstream::Body>,
+    method: &Method,
+) -> Response<upstream::Body> {
     let (mut parts, body) = response.into_parts();
     parts.version = http::Version::HTTP_11;
     let keep_length = (*method == Method::HEAD || parts.status == http::StatusCode::NOT_MODIFIED)
@@ -817,8 +814,7 @@ fn apply_rewrite(
 
 /// Reads an upstream body whole for a transforming plugin, refusing one over `limit` bytes.
 async fn read_limited(
-    response: Response<Incoming>,
-    lease: Lease,
+    response: Response<upstream::Body>,
     idle: Duration,
     channel: &Channel,
     route: &Route,
@@ -832,10 +828,7 @@ async fn read_limited(
     };
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match tokio::time::timeout(idle, limited.collect()).await {
-        Ok(Ok(collected)) => {
-            lease.release();
-            Ok(Response::from_parts(parts, collected.to_bytes()))
-        }
+        Ok(Ok(collected)) => Ok(Response::from_parts(parts, collected.to_bytes())),
         Ok(Err(error)) if error.is::<LengthLimitError>() => Err(failed(format!(
             "its response body is over {limit} bytes, too large to pass to the channel's plugin"
         ))),

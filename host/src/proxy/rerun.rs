@@ -83,7 +83,7 @@ impl Proxy {
                 .parse()
                 .unwrap_or(IpAddr::from([127, 0, 0, 1])),
             parent: Some(parent.id),
-            started: Instant::now(),
+            started: Some(Instant::now()),
         };
         let routed = self.route(admitted).await;
         let recording = routed.recording.clone();

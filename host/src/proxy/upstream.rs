@@ -1,26 +1,36 @@
-//! Connections to upstream services: one keep-alive pool per worker.
+//! Connections to upstream services: one keep-alive pool per worker, used from the request's own task.
 //!
-//! Each worker owns its pool, so checking a connection out never contends with another thread. A
-//! connection is leased for one exchange and comes back when the response body has been read to its
-//! end; one whose body was abandoned is closed instead, since its stream position is unknown. A request
-//! that a pooled connection could not even start sending (the upstream had closed it) is retried once
-//! on another connection: it never reached the upstream, so this is safe for every method.
+//! Each worker owns its pool, so checking a connection out never contends with another thread. The
+//! request's task writes the request on the checked-out socket and reads the answer from it (the wire
+//! format is in [`super::h1`]); there is no task per connection and no channel between tasks, which
+//! on a keep-alive proxy was most of the upstream side's cost per request. The response [`Body`] owns
+//! the connection while it is read and puts it back in the pool when the body ends; a body that is
+//! dropped early closes its connection, since its stream position is unknown.
+//!
+//! A pooled connection is checked before use: if anything arrived on it while it sat idle (the
+//! upstream closed it, or sent bytes nobody asked for) it is dropped. A request that a pooled
+//! connection could not even start sending is retried once on another connection: it never reached
+//! the upstream, so this is safe for every method.
 
 use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response};
+use http_body::{Frame, SizeHint};
 use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
+use tokio_util::io::poll_read_buf;
 
+use super::h1::{self, Chunked, Decoded, Framing, Parsed};
 use crate::channel::Route;
 
 /// Which pooled connections can serve a route: same scheme, host and port.
@@ -73,37 +83,122 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
+type Io = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// One open connection to an upstream, with what has been read from it but not used yet.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+}
+
+/// How much room a read asks for at least.
+const READ_CHUNK: usize = 8 * 1024;
+
+impl Conn {
+    fn new(io: Io) -> Box<Self> {
+        Box::new(Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        })
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            Either::Left(tcp) => tcp,
+            Either::Right(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Whether an idle connection can still be used: nothing arrived on it since its last answer.
+    /// Costs no system call unless the socket became readable while it sat idle.
+    fn still_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.tcp().poll_read_ready(&mut cx) {
+            Poll::Pending => return true,
+            Poll::Ready(Err(_)) => return false,
+            Poll::Ready(Ok(())) => {}
+        }
+        // Readable: a close, stray bytes, or (over TLS) only a session ticket, which leaves no data.
+        match poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf) {
+            Poll::Pending => self.buf.is_empty(),
+            Poll::Ready(_) => false,
+        }
+    }
+
+    /// Writes the request head and body. On failure, says whether nothing at all was written.
+    async fn write(&mut self, head: &[u8], body: &[u8]) -> Result<(), (io::Error, bool)> {
+        let total = head.len() + body.len();
+        let mut written = 0;
+        while written < total {
+            let bufs = if written < head.len() {
+                [IoSlice::new(&head[written..]), IoSlice::new(body)]
+            } else {
+                [
+                    IoSlice::new(&body[written - head.len()..]),
+                    IoSlice::new(&[]),
+                ]
+            };
+            match self.io.write_vectored(&bufs).await {
+                Ok(0) => {
+                    let error = io::Error::new(io::ErrorKind::WriteZero, "the connection closed");
+                    return Err((error, written == 0));
+                }
+                Ok(n) => written += n,
+                Err(error) => return Err((error, written == 0)),
+            }
+        }
+        self.io.flush().await.map_err(|error| (error, false))
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.buf.reserve(want.clamp(READ_CHUNK, 64 * 1024));
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Reads the final response head to a `method` request, skipping informational ones.
+    async fn read_head(&mut self, method: &Method) -> Result<h1::Head, String> {
+        loop {
+            if !self.buf.is_empty() {
+                match h1::parse_response(&self.buf, method).map_err(|e| e.0)? {
+                    Parsed::Head { head, len } => {
+                        let _ = self.buf.split_to(len);
+                        return Ok(head);
+                    }
+                    Parsed::Informational { len } => {
+                        let _ = self.buf.split_to(len);
+                        continue;
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            let read = std::future::poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await;
+            match read {
+                Ok(0) if self.buf.is_empty() => {
+                    return Err("the upstream closed the connection without answering".into());
+                }
+                Ok(0) => {
+                    return Err("the upstream closed the connection in its response head".into());
+                }
+                Ok(_) => {}
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+}
+
 struct Idle {
-    sender: SendRequest<Full<Bytes>>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 impl Idle {
     /// Still open, and not idle for longer than `timeout`.
-    fn usable(&self, timeout: Duration) -> bool {
-        !self.sender.is_closed() && self.since.elapsed() < timeout
-    }
-}
-
-/// A connection lent for one exchange. Give it back with [`Lease::release`] once the response body
-/// has been read to its end; dropping it instead closes the connection.
-pub struct Lease {
-    sender: SendRequest<Full<Bytes>>,
-    key: PoolKey,
-    pool: Arc<Upstreams>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("key", &self.key).finish()
-    }
-}
-
-impl Lease {
-    /// Returns the connection to the pool for the next exchange.
-    pub fn release(self) {
-        let Lease { sender, key, pool } = self;
-        pool.put(key, sender);
+    fn usable(&mut self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && self.conn.still_open()
     }
 }
 
@@ -117,65 +212,56 @@ impl Upstreams {
     }
 
     /// Sends `request` to `route` (the request's URI is only its path and query) and returns the
-    /// response with the lease of the connection it came on.
+    /// response once its head has arrived. Its body owns the connection until it has been read.
     pub async fn send(
         self: &Arc<Self>,
         route: &Route,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        request: Request<Bytes>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let key = PoolKey::of(route);
+        let (parts, body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
+        h1::encode_request(&parts.method, target, &parts.headers, body.len(), &mut head);
         // At most one retry on a fresh connection after a pooled one turned out to be closed.
-        loop {
-            let (mut sender, pooled) = match self.checkout(&key) {
-                Some(sender) => (sender, true),
+        let mut conn = loop {
+            let (mut conn, pooled) = match self.checkout(&key) {
+                Some(conn) => (conn, true),
                 // Boxed: connecting (with TLS) is a large future, and keeping it inline would make
                 // every request's future, which hyper moves into place, that much larger.
                 None => (Box::pin(self.connect(route)).await?, false),
             };
-            if sender.ready().await.is_err() {
-                if pooled {
-                    continue;
-                }
-                return Err(UpstreamError::Connect(
-                    "the upstream closed the new connection".into(),
-                ));
+            match conn.write(&head, &body).await {
+                Ok(()) => break conn,
+                // Never written: the pooled connection had been closed. Safe to send elsewhere.
+                Err((_, true)) if pooled => {}
+                Err((error, _)) => return Err(UpstreamError::Exchange(error.to_string())),
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        sender,
-                        key,
-                        pool: Arc::clone(self),
-                    };
-                    return Ok((response, lease));
-                }
-                Err(mut error) => match error.take_message() {
-                    // Never written: the pooled connection had been closed. Safe to send elsewhere.
-                    Some(unsent) if pooled => request = unsent,
-                    _ => {
-                        let cause = error.into_error();
-                        return Err(UpstreamError::Exchange(super::error::root_cause(&cause)));
-                    }
-                },
-            }
-        }
+        };
+        let head = conn
+            .read_head(&parts.method)
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        let body = Body::new(conn, head.framing, head.reusable, (Arc::clone(self), key));
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(response)
     }
 
-    fn checkout(&self, key: &PoolKey) -> Option<SendRequest<Full<Bytes>>> {
+    fn checkout(&self, key: &PoolKey) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
-        while let Some(entry) = list.pop() {
+        while let Some(mut entry) = list.pop() {
             if entry.usable(self.settings.idle_timeout) {
-                return Some(entry.sender);
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn put(&self, key: PoolKey, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, key: PoolKey, conn: Box<Conn>) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -185,7 +271,7 @@ impl Upstreams {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
@@ -197,14 +283,13 @@ impl Upstreams {
         };
         let timeout = self.settings.idle_timeout;
         for list in idle.values_mut() {
-            list.retain(|e| e.usable(timeout));
+            list.retain_mut(|e| e.usable(timeout));
         }
         idle.retain(|_, list| !list.is_empty());
     }
 
-    /// Opens a new connection (TCP, then TLS for secured routes) within the connect timeout and starts
-    /// the task that drives it.
-    async fn connect(&self, route: &Route) -> Result<SendRequest<Full<Bytes>>, UpstreamError> {
+    /// Opens a new connection (TCP, then TLS for secured routes) within the connect timeout.
+    async fn connect(&self, route: &Route) -> Result<Box<Conn>, UpstreamError> {
         let timeout = self.settings.connect_timeout;
         let connecting = async {
             let tcp = TcpStream::connect((route.host.as_str(), route.port))
@@ -229,16 +314,165 @@ impl Upstreams {
             .map_err(|_| {
                 UpstreamError::Connect(format!("no connection within {} ms", timeout.as_millis()))
             })??;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| UpstreamError::Connect(super::error::root_cause(&e)))?;
-        let authority = Arc::clone(&route.authority);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(upstream = %authority, %error, "Upstream connection ended with an error.");
+        Ok(Conn::new(io))
+    }
+}
+
+/// An upstream's response body, read from its connection as it is polled. When it has been read to
+/// its end the connection goes back to the pool (if the upstream keeps it open); dropped before that,
+/// it closes the connection.
+pub struct Body {
+    conn: Option<Box<Conn>>,
+    state: BodyState,
+    reusable: bool,
+    home: Option<(Arc<Upstreams>, PoolKey)>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+enum BodyState {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// The upstream's body broke off or broke the protocol.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(String);
+
+impl Body {
+    fn new(
+        conn: Box<Conn>,
+        framing: Framing,
+        reusable: bool,
+        home: (Arc<Upstreams>, PoolKey),
+    ) -> Self {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(Chunked::default()),
+            Framing::UntilClose => BodyState::UntilClose,
+        };
+        let mut body = Body {
+            conn: Some(conn),
+            state,
+            reusable,
+            home: Some(home),
+        };
+        if matches!(body.state, BodyState::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body is complete: the connection goes back to the pool if it can carry another exchange.
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        let conn = self.conn.take();
+        let home = self.home.take();
+        if let (Some(conn), Some((pool, key)), true) = (conn, home, self.reusable)
+            // Bytes past the end of the body: the upstream is out of step; do not reuse.
+            && conn.buf.is_empty()
+        {
+            pool.put(key, conn);
+        }
+    }
+
+    fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.state = BodyState::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(BodyError(message))))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let want = match &mut this.state {
+                BodyState::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                BodyState::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = usize::try_from(*left)
+                            .unwrap_or(usize::MAX)
+                            .min(conn.buf.len());
+                        let data = conn.buf.split_to(n).freeze();
+                        *left -= n as u64;
+                        if *left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    usize::try_from(*left).unwrap_or(usize::MAX)
+                }
+                BodyState::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::End) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => READ_CHUNK,
+                    Err(error) => return this.fail(error.0),
+                },
+                BodyState::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    READ_CHUNK
+                }
+            };
+            match ready!(conn.poll_fill(cx, want)) {
+                Ok(0) if matches!(this.state, BodyState::UntilClose) => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail(
+                        "the upstream closed the connection before its response body was complete"
+                            .into(),
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    return this.fail(format!("reading the response body failed: {error}"));
+                }
             }
-        });
-        Ok(sender)
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
