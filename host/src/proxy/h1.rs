@@ -94,76 +94,95 @@ pub struct Head {
     pub reusable: bool,
 }
 
-/// What [`parse_response`] found at the start of a buffer.
-#[derive(Debug)]
-pub enum Parsed {
-    /// A final response head, `len` bytes long.
-    Head { head: Head, len: usize },
-    /// An informational (1xx) response `len` bytes long, to skip: the final one follows.
-    Informational { len: usize },
-    /// Not a whole head yet.
-    Partial,
+/// Where one header field lies in a response head: the name's and the value's byte ranges.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: (usize, usize),
+    value: (usize, usize),
 }
 
-/// Parses the response head at the start of `buf`, the answer to a `method` request.
-pub fn parse_response(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+/// Parses the response head at the start of `buf`, the answer to a `method` request, skipping (and
+/// taking out of `buf`) any informational (1xx) answers before it. Returns `None` while the head is
+/// not complete; a complete one is taken out of `buf`, and its header values share its bytes rather
+/// than being copied.
+pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, WireError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(wire(format!(
+                    "its response head is over {} KiB",
+                    MAX_HEAD / 1024
+                )));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(wire(format!(
+                    "its response has over {MAX_HEADERS} header fields"
+                )));
+            }
+            Err(error) => return Err(wire(format!("its response head is malformed: {error}"))),
+        };
+        if len > MAX_HEAD {
             return Err(wire(format!(
                 "its response head is over {} KiB",
                 MAX_HEAD / 1024
             )));
         }
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(wire(format!(
-                "its response has over {MAX_HEADERS} header fields"
-            )));
+        let code = response.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| wire(format!("its response has an invalid status {code}")))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(wire("it switched protocols, which Mediary does not proxy"));
         }
-        Err(error) => return Err(wire(format!("its response head is malformed: {error}"))),
-    };
-    if len > MAX_HEAD {
-        return Err(wire(format!(
-            "its response head is over {} KiB",
-            MAX_HEAD / 1024
-        )));
-    }
-    let code = response.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code)
-        .map_err(|_| wire(format!("its response has an invalid status {code}")))?;
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(wire("it switched protocols, which Mediary does not proxy"));
-    }
-    if status.is_informational() {
-        return Ok(Parsed::Informational { len });
-    }
-    let version = match response.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| wire(format!("`{}` is not a header name", field.name)))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| wire(format!("the value of `{name}` is not a valid header value")))?;
-        headers.append(name, value);
-    }
-    let (framing, framing_reusable) = framing(method, status, &headers)?;
-    let reusable = framing_reusable && keeps_alive(version, &headers);
-    Ok(Parsed::Head {
-        head: Head {
+        if status.is_informational() {
+            let _ = buf.split_to(len);
+            continue;
+        }
+        let version = match response.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        // Note where each field lies, then take the head out of the buffer and slice it.
+        let base = buf.as_ptr() as usize;
+        let span = |part: &[u8]| {
+            let start = part.as_ptr() as usize - base;
+            (start, start + part.len())
+        };
+        let mut spans = [Field::default(); MAX_HEADERS];
+        let count = response.headers.len();
+        for (span_of, field) in spans.iter_mut().zip(response.headers.iter()) {
+            *span_of = Field {
+                name: span(field.name.as_bytes()),
+                value: span(field.value),
+            };
+        }
+        let raw = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for field in &spans[..count] {
+            let name_bytes = &raw[field.name.0..field.name.1];
+            let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
+                wire(format!(
+                    "`{}` is not a header name",
+                    String::from_utf8_lossy(name_bytes)
+                ))
+            })?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(field.value.0..field.value.1))
+                .map_err(|_| wire(format!("the value of `{name}` is not a valid header value")))?;
+            headers.append(name, value);
+        }
+        let (framing, framing_reusable) = framing(method, status, &headers)?;
+        let reusable = framing_reusable && keeps_alive(version, &headers);
+        return Ok(Some(Head {
             status,
             version,
             headers,
             framing,
             reusable,
-        },
-        len,
-    })
+        }));
+    }
 }
 
 /// The body's framing, and whether it leaves the connection reusable.
@@ -349,14 +368,16 @@ fn take_line(buf: &mut BytesMut, max: usize, what: &str) -> Result<Option<Bytes>
 mod tests {
     use super::*;
 
+    fn parse(raw: &str, method: &Method) -> (Result<Option<Head>, WireError>, BytesMut) {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        (parse_response(&mut buf, method), buf)
+    }
+
     fn head(raw: &str, method: &Method) -> Head {
-        match parse_response(raw.as_bytes(), method).expect("parses") {
-            Parsed::Head { head, len } => {
-                assert_eq!(len, raw.len());
-                head
-            }
-            other => panic!("not a final head: {other:?}"),
-        }
+        let (parsed, rest) = parse(raw, method);
+        let head = parsed.expect("parses").expect("a whole head");
+        assert!(rest.is_empty(), "the head was not taken out of the buffer");
+        head
     }
 
     #[test]
@@ -432,9 +453,21 @@ mod tests {
     }
 
     #[test]
+    fn header_values_come_through_exactly() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nX-A: one\r\nx-a:two\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 0\r\n\r\n",
+            &Method::GET,
+        );
+        let a: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(a, ["one", "two"]);
+        assert_eq!(h.headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(h.headers.len(), 4);
+    }
+
+    #[test]
     fn bad_heads_are_refused_with_a_reason() {
         let get = Method::GET;
-        let err = |raw: &str| parse_response(raw.as_bytes(), &get).expect_err("refused").0;
+        let err = |raw: &str| parse(raw, &get).0.expect_err("refused").0;
         assert!(err("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n").contains("conflicting"));
         assert!(err("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").contains("invalid"));
         assert!(err("HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n").contains("invalid"));
@@ -444,14 +477,13 @@ mod tests {
         assert!(err(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).contains("header fields"));
         let long = format!("HTTP/1.1 200 OK\r\nx: {}", "v".repeat(MAX_HEAD));
         assert!(err(&long).contains("KiB"));
-        assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", &get),
-            Ok(Parsed::Partial)
-        ));
-        assert!(matches!(
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", &get),
-            Ok(Parsed::Informational { len: 25 })
-        ));
+        let partial = "HTTP/1.1 200 OK\r\nContent-Le";
+        let (parsed, rest) = parse(partial, &get);
+        assert!(matches!(parsed, Ok(None)));
+        assert_eq!(rest, partial.as_bytes());
+        let (parsed, rest) = parse("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", &get);
+        assert!(matches!(parsed, Ok(None)));
+        assert_eq!(rest, &b"HTTP/1.1 200 OK\r\n"[..]);
     }
 
     /// Feeds `raw` to a decoder `step` bytes at a time and returns the body.

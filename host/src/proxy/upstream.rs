@@ -30,7 +30,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::io::poll_read_buf;
 
-use super::h1::{self, Chunked, Decoded, Framing, Parsed};
+use super::h1::{self, Chunked, Decoded, Framing};
 use crate::channel::Route;
 
 /// Which pooled connections can serve a route: same scheme, host and port.
@@ -89,6 +89,8 @@ type Io = Either<TcpStream, TlsStream<TcpStream>>;
 struct Conn {
     io: Io,
     buf: BytesMut,
+    /// The head of the request being sent; kept for the next one.
+    out: Vec<u8>,
 }
 
 /// How much room a read asks for at least.
@@ -99,6 +101,7 @@ impl Conn {
         Box::new(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::new(),
         })
     }
 
@@ -128,8 +131,23 @@ impl Conn {
         }
     }
 
-    /// Writes the request head and body. On failure, says whether nothing at all was written.
-    async fn write(&mut self, head: &[u8], body: &[u8]) -> Result<(), (io::Error, bool)> {
+    /// Writes a request (its head as [`h1::encode_request`] makes it, then its body). On failure, says
+    /// whether nothing at all was written.
+    async fn write(
+        &mut self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<(), (io::Error, bool)> {
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        self.out.clear();
+        h1::encode_request(
+            &parts.method,
+            target,
+            &parts.headers,
+            body.len(),
+            &mut self.out,
+        );
+        let head = &self.out;
         let total = head.len() + body.len();
         let mut written = 0;
         while written < total {
@@ -162,18 +180,10 @@ impl Conn {
     /// Reads the final response head to a `method` request, skipping informational ones.
     async fn read_head(&mut self, method: &Method) -> Result<h1::Head, String> {
         loop {
-            if !self.buf.is_empty() {
-                match h1::parse_response(&self.buf, method).map_err(|e| e.0)? {
-                    Parsed::Head { head, len } => {
-                        let _ = self.buf.split_to(len);
-                        return Ok(head);
-                    }
-                    Parsed::Informational { len } => {
-                        let _ = self.buf.split_to(len);
-                        continue;
-                    }
-                    Parsed::Partial => {}
-                }
+            if !self.buf.is_empty()
+                && let Some(head) = h1::parse_response(&mut self.buf, method).map_err(|e| e.0)?
+            {
+                return Ok(head);
             }
             let read = std::future::poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await;
             match read {
@@ -220,9 +230,6 @@ impl Upstreams {
     ) -> Result<Response<Body>, UpstreamError> {
         let key = PoolKey::of(route);
         let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
-        h1::encode_request(&parts.method, target, &parts.headers, body.len(), &mut head);
         // At most one retry on a fresh connection after a pooled one turned out to be closed.
         let mut conn = loop {
             let (mut conn, pooled) = match self.checkout(&key) {
@@ -231,7 +238,7 @@ impl Upstreams {
                 // every request's future, which hyper moves into place, that much larger.
                 None => (Box::pin(self.connect(route)).await?, false),
             };
-            match conn.write(&head, &body).await {
+            match conn.write(&parts, &body).await {
                 Ok(()) => break conn,
                 // Never written: the pooled connection had been closed. Safe to send elsewhere.
                 Err((_, true)) if pooled => {}
