@@ -27,6 +27,10 @@ fn wire(message: impl Into<String>) -> WireError {
     WireError(message.into())
 }
 
+fn head_too_large() -> WireError {
+    wire(format!("its response head is over {} KiB", MAX_HEAD / 1024))
+}
+
 /// Methods whose requests carry no `Content-Length: 0` when their body is empty (hyper's rule).
 fn bodyless_by_default(method: &Method) -> bool {
     matches!(
@@ -111,12 +115,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         let mut response = httparse::Response::new(&mut fields);
         let len = match response.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(wire(format!(
-                    "its response head is over {} KiB",
-                    MAX_HEAD / 1024
-                )));
-            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(head_too_large()),
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(wire(format!(
@@ -126,10 +125,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
             Err(error) => return Err(wire(format!("its response head is malformed: {error}"))),
         };
         if len > MAX_HEAD {
-            return Err(wire(format!(
-                "its response head is over {} KiB",
-                MAX_HEAD / 1024
-            )));
+            return Err(head_too_large());
         }
         let code = response.code.unwrap_or(0);
         let status = StatusCode::from_u16(code)

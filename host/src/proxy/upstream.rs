@@ -13,13 +13,13 @@
 //! the upstream, so this is safe for every method.
 
 use std::collections::HashMap;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::{Frame, SizeHint};
 use rustls::pki_types::ServerName;
@@ -95,6 +95,8 @@ struct Conn {
 
 /// How much room a read asks for at least.
 const READ_CHUNK: usize = 8 * 1024;
+/// How much room a read asks for at most (a body this much or more still to come).
+const READ_MAX: usize = 64 * 1024;
 
 impl Conn {
     fn new(io: Io) -> Box<Self> {
@@ -125,10 +127,7 @@ impl Conn {
             Poll::Ready(Ok(())) => {}
         }
         // Readable: a close, stray bytes, or (over TLS) only a session ticket, which leaves no data.
-        match poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf) {
-            Poll::Pending => self.buf.is_empty(),
-            Poll::Ready(_) => false,
-        }
+        poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf).is_pending()
     }
 
     /// Writes a request (its head as [`h1::encode_request`] makes it, then its body). On failure, says
@@ -147,33 +146,17 @@ impl Conn {
             body.len(),
             &mut self.out,
         );
-        let head = &self.out;
-        let total = head.len() + body.len();
-        let mut written = 0;
-        while written < total {
-            let bufs = if written < head.len() {
-                [IoSlice::new(&head[written..]), IoSlice::new(body)]
-            } else {
-                [
-                    IoSlice::new(&body[written - head.len()..]),
-                    IoSlice::new(&[]),
-                ]
-            };
-            match self.io.write_vectored(&bufs).await {
-                Ok(0) => {
-                    let error = io::Error::new(io::ErrorKind::WriteZero, "the connection closed");
-                    return Err((error, written == 0));
-                }
-                Ok(n) => written += n,
-                Err(error) => return Err((error, written == 0)),
-            }
+        let total = self.out.len() + body.len();
+        let mut request = self.out.as_slice().chain(body);
+        if let Err(error) = self.io.write_all_buf(&mut request).await {
+            return Err((error, request.remaining() == total));
         }
         self.io.flush().await.map_err(|error| (error, false))
     }
 
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        self.buf.reserve(want.clamp(READ_CHUNK, 64 * 1024));
+        self.buf.reserve(want.clamp(READ_CHUNK, READ_MAX));
         poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
@@ -332,7 +315,8 @@ pub struct Body {
     conn: Option<Box<Conn>>,
     state: BodyState,
     reusable: bool,
-    home: Option<(Arc<Upstreams>, PoolKey)>,
+    /// The pool the connection goes back to, and under which key.
+    home: (Arc<Upstreams>, PoolKey),
 }
 
 impl std::fmt::Debug for Body {
@@ -374,7 +358,7 @@ impl Body {
             conn: Some(conn),
             state,
             reusable,
-            home: Some(home),
+            home,
         };
         if matches!(body.state, BodyState::Done) {
             body.finish();
@@ -385,13 +369,13 @@ impl Body {
     /// The body is complete: the connection goes back to the pool if it can carry another exchange.
     fn finish(&mut self) {
         self.state = BodyState::Done;
-        let conn = self.conn.take();
-        let home = self.home.take();
-        if let (Some(conn), Some((pool, key)), true) = (conn, home, self.reusable)
+        if let Some(conn) = self.conn.take()
+            && self.reusable
             // Bytes past the end of the body: the upstream is out of step; do not reuse.
             && conn.buf.is_empty()
         {
-            pool.put(key, conn);
+            let (pool, key) = &self.home;
+            pool.put(key.clone(), conn);
         }
     }
 
@@ -416,10 +400,8 @@ impl http_body::Body for Body {
                 return Poll::Ready(None);
             };
             let want = match &mut this.state {
-                BodyState::Done => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
+                // `finish` and `fail` take the connection, so a finished body never gets here.
+                BodyState::Done => return Poll::Ready(None),
                 BodyState::Length(left) => {
                     if !conn.buf.is_empty() {
                         let n = usize::try_from(*left)
@@ -452,8 +434,8 @@ impl http_body::Body for Body {
                 }
             };
             match ready!(conn.poll_fill(cx, want)) {
+                // Framed by the close: never reusable (see `h1::Framing::UntilClose`).
                 Ok(0) if matches!(this.state, BodyState::UntilClose) => {
-                    this.reusable = false;
                     this.finish();
                     return Poll::Ready(None);
                 }
